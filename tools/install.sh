@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[dev]"
+# (grep drops the pip-config notices about local package folders this machine does not have)
+pip_install() { .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; return "${PIPESTATUS[0]}"; }
+pip_install --upgrade pip
+pip_install torch==2.13.0
+pip_install -e ".[dev]"
 echo "instag installed in $(pwd)/.venv"
