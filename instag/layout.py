@@ -35,8 +35,11 @@ LABELS = dict(background=0, face=1, hair=2, mouth=3, teeth=4, neck=5, torso=6)
 FACE_BRANCH_LABELS = (LABELS['face'], LABELS['hair'])
 MOUTH_BRANCH_LABELS = (LABELS['mouth'], LABELS['teeth'])
 
-# official colour-coded parsing maps (AD-NeRF family): RGB colour per region
-PARSING_COLORS = dict(background=(255, 255, 255), head=(255, 0, 0), neck=(0, 255, 0), torso=(0, 0, 255))
+# official colour-coded parsing maps (AD-NeRF family; hair and mouth added by TalkingGaussian/InsTaG): RGB colour per
+# region as the PNG pixels hold it (PIL order). The official tools write and read these files with OpenCV, whose BGR
+# arrays spell the head (255, 0, 0) and the torso (0, 0, 255): in RGB the head is blue and the torso red.
+PARSING_COLORS = dict(background=(255, 255, 255), head=(0, 0, 255), neck=(0, 255, 0), torso=(255, 0, 0),
+                      hair=(0, 0, 0), mouth=(100, 100, 100))
 
 REQUIRED_FILES = ('transforms_train.json', 'transforms_val.json', 'bc.jpg', 'aud.wav', 'au.csv')
 REQUIRED_DIRS = ('ori_imgs', 'gt_imgs', 'torso_imgs', 'parsing')
