@@ -1,5 +1,8 @@
 """Shared pytest setup: markers `slow` and `cuda`, and the one helper that finds the real clips in ../shared/data."""
 import os
+
+# before torch loads OpenMP (see instag/__init__.py): passive waiting keeps the C++ renderer and torch from starving each other
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import pytest

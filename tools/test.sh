@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
-export PYTHONHASHSEED=0 MPLBACKEND=Agg
+export PYTHONHASHSEED=0 MPLBACKEND=Agg OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 echo "== nbdev_test (notebooks) =="
 .venv/bin/nbdev_test --n_workers 2 --do_print
 echo "== pytest (tests/) =="

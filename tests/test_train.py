@@ -1,0 +1,98 @@
+"""Training, resuming, rendering and the experiment notebook on a tiny dataset (seconds each on 2 cores)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from instag.example_data import write_example_dataset
+from instag.train import Callback, resume, train, train_config
+
+# a tiny run that still densifies (face and mouth) and checkpoints every 3 iterations
+TINY = dict(seconds=0.4, face_iterations=8, mouth_iterations=6, fuse_iterations=3, static_iterations=2,
+            synthesizer__face__init_points=120, synthesizer__mouth__init_points=60, densify__refine_start=2,
+            densify__refine_every=3, densify__refine_stop=1, densify__grad_threshold=1e-7, mouth_grad_threshold=1e-7,
+            checkpoint_every_s=1e9, checkpoint_every_steps=3, eval_frames=2, eval_lmd=False, threads=1, data__audio='mel')
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory) -> Path:
+    return write_example_dataset(tmp_path_factory.mktemp('ds') / 'ds', frames=20, size=48, val_frames=6)
+
+
+class Killed(Exception): pass
+
+
+class KillAt(Callback):
+    "Raise after global iteration `n` (counting all stages), as a kill between checkpoints would stop the run."
+    order = 100
+    def __init__(self, n): self.n, self.done = n, 0
+    def after_step(self, t):
+        self.done += 1
+        if self.done == self.n: raise Killed()
+
+
+def _state(t) -> dict:
+    return {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+
+
+def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
+    cfg = train_config('cpu', **TINY)
+    full = train(dataset, cfg, run_dir=tmp_path / 'full', verbose=False, evaluate=False)
+    with pytest.raises(Killed):  # killed at iteration 12 (face 8 + mouth 4): the last checkpoint is mouth step 3
+        train(dataset, cfg, run_dir=tmp_path / 'killed', verbose=False, evaluate=False, callbacks=[KillAt(12)])
+    ck = torch.load(tmp_path / 'killed' / 'checkpoint.pt', weights_only=False)
+    assert (ck['stage_index'], ck['step']) == (1, 3)
+    resumed = resume(tmp_path / 'killed', verbose=False, evaluate=False)
+    a, b = _state(full), _state(resumed)
+    assert a.keys() == b.keys()
+    assert full.model.num_gaussians() == resumed.model.num_gaussians()
+    assert len(full.model.face) != 120, 'the tiny run should have densified'
+    for k in a: torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    assert [h[:4] for h in full.history] == [h[:4] for h in resumed.history]
+
+
+def test_render_streams_have_equal_duration(dataset, tmp_path):
+    import av
+    from instag.audio import write_wav
+    from instag.inference import main_render, stream_durations
+    t = train(dataset, train_config('cpu', **{**TINY, 'face_iterations': 3, 'mouth_iterations': 2, 'fuse_iterations': 1}),
+              run_dir=tmp_path / 'run', verbose=False, evaluate=False)
+    wav = tmp_path / 'speech.wav'  # 1.37 s at 44.1 kHz: resampled, and not a whole number of frames
+    write_wav(wav, 0.2 * np.sin(np.arange(int(1.37 * 44100)) / 44100 * 2 * np.pi * 180), sample_rate=44100)
+    out = tmp_path / 'talk.mp4'
+    assert main_render([str(t.run_dir), '--audio', str(wav), '--out', str(out), '--quiet']) == 0
+    d = stream_durations(out)
+    assert set(d) == {'video', 'audio'}
+    assert abs(d['video'] - d['audio']) < 1e-3 and d['video'] >= 1.37
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.name, c.streams.audio[0].codec_context.name) == ('h264', 'aac')
+        assert (v.width, v.height) == (48, 48)
+
+
+def test_experiment_notebook_runs_under_papermill(dataset, tmp_path):
+    from instag.train import run_notebook
+    run = run_notebook(dataset, root=tmp_path, seconds=0.4, face_iterations=3, mouth_iterations=2, fuse_iterations=1,
+                       eval_frames=2, synthesizer__face__init_points=100, synthesizer__mouth__init_points=50,
+                       data__audio='mel', eval_lmd=False, threads=1)
+    assert (run / 'train.ipynb').exists() and (run / 'metrics.json').exists()
+    nb = json.loads((run / 'train.ipynb').read_text())
+    assert any('injected-parameters' in c['metadata'].get('tags', []) for c in nb['cells'])
+    assert 'psnr' in json.loads((run / 'metrics.json').read_text())
+
+
+def test_experiment_notebook_refuses_unknown_parameters(dataset, tmp_path):
+    import papermill as pm
+    from instag.train import run_notebook
+    with pytest.raises(pm.PapermillExecutionError, match='face_iters'):
+        run_notebook(dataset, root=tmp_path, face_iters=3)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    from instag.demo import demo
+    r = demo(tmp_path / 'demo', seconds=1.0, clip_seconds=3.0, size=64, verbose=False, face_iterations=20,
+             mouth_iterations=10, fuse_iterations=5, eval_frames=4, eval_lmd=False)
+    assert Path(r['video']).exists() and r['psnr'] is not None
