@@ -4,11 +4,12 @@ Usage: .venv/bin/python bench/grid.py [--points 20000] [--repeats 30] [--threads
 Writes the section between `<!-- bench:grid -->` and `<!-- /bench:grid -->` of BENCHMARKS.md (other sections are kept).
 """
 from __future__ import annotations
-import argparse, os, platform, re, statistics, sys, time
+import argparse, os, platform, statistics, sys, time
 from pathlib import Path
 
 import torch
 
+from _sections import write_section
 from instag.grid import TriPlaneConfig, TriPlaneEncoder, _triplane_gather, _triplane_reference, mouth_grid_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,16 +73,8 @@ def main(argv=None) -> int:
               for g, t, gm, p, lo, med, cpu, r in rows]
     section = '\n'.join(lines)
     print(section)
-    if not a.no_write: write_section(ROOT / 'BENCHMARKS.md', 'grid', section)
+    if not a.no_write: write_section('grid', section)
     return 0
 
-def write_section(path: Path, name: str, body: str) -> None:
-    "Replace (or append) the text between `<!-- bench:name -->` and `<!-- /bench:name -->`, keeping the rest."
-    start, end = f'<!-- bench:{name} -->', f'<!-- /bench:{name} -->'
-    text = path.read_text() if path.exists() else '# Benchmarks\n\nEach section is written by the `bench/` script it names.\n'
-    block = f'{start}\n{body}\n{end}'
-    pattern = re.compile(re.escape(start) + r'.*?' + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip('\n') + '\n\n' + block + '\n'
-    path.write_text(text)
 
 if __name__ == '__main__': sys.exit(main())

@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 from instag.camera import Camera  # noqa: E402
 from instag.render import head_gaussians, render_camera, resolve_backend  # noqa: E402
 from instag._render_cpu import cpu_backend_available  # noqa: E402
+from _sections import write_section  # noqa: E402
 
-BEGIN, END = '<!-- bench:render -->', '<!-- /bench:render -->'
 TARGETS = dict(cpu_fwd_fps_256_20k=60.0, cpu_fwdbwd_its_256_20k=20.0, speedup_cpu_vs_torch_256_20k=30.0)
 
 
@@ -95,15 +95,6 @@ def table(rows: list[dict]) -> str:
     return '\n'.join(lines)
 
 
-def write_section(text: str, path: Path = ROOT / 'BENCHMARKS.md'):
-    "Replace this benchmark's section of BENCHMARKS.md (between its markers), keeping the rest."
-    block = f'{BEGIN}\n{text}\n{END}'
-    old = path.read_text() if path.exists() else '# Benchmarks\n'
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else: new = old.rstrip('\n') + '\n\n' + block + '\n'
-    path.write_text(new)
-
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -125,7 +116,7 @@ def main(argv=None):
                   flush=True)
     rss_fast = peak_rss_mb()
     for n, size in configs:
-        rows.append(dict(backend='torch', n=n, size=size, **time_backend('torch', n, size, reps=1, warmup=0 if args.quick else 1)))
+        rows.append(dict(backend='torch', n=n, size=size, **time_backend('torch', n, size, reps=2 if args.quick else 3, warmup=0 if args.quick else 1)))
         print(f"torch  N={n:6d} {size}x{size}: fwd {rows[-1]['fwd']:.1f} ms, fwd+bwd {rows[-1]['fwdbwd']:.1f} ms", flush=True)
     rss_all = peak_rss_mb()
     rows.sort(key=lambda r: (r['size'], r['n'], r['backend'] != 'torch', r['backend']))
@@ -153,7 +144,7 @@ def main(argv=None):
         'so other work shared the cores).', '',
         'Head-like scene (`head_gaussians`: flat Gaussians on a closed head-shaped surface, SH degree 1), camera 0.6 m away, '
         '30 degree field of view. Median wall time (minimum in brackets) and median process CPU time (all threads) per '
-        'call; FPS and it/s from the median; the `torch` reference ran once per configuration. On a shared machine the '
+        'call; FPS and it/s from the median; the `torch` reference ran 3 times per configuration (2 with --quick). On a shared machine the '
         'minimum and the CPU time are the robust numbers.', '',
         table(rows), '', NOTES, '',
         f"Peak RSS after the fast backends: {rss_fast:.0f} MB (whole process: Python, torch, scenes of every size); "
@@ -162,7 +153,7 @@ def main(argv=None):
             f"{k} = {summary[k]} (target >= {v:g}: {'met' if summary[k] and summary[k] >= v else 'MISSED'})"
             for k, v in TARGETS.items()) + f"; peak RSS {rss_fast:.0f} MB (target < 1024 MB: {'met' if rss_fast < 1024 else 'MISSED'}).",
         '', '```json', json.dumps(summary), '```'])
-    if (args.write or not args.quick) and not args.no_write: write_section(text)  # --quick keeps the full table
+    if (args.write or not args.quick) and not args.no_write: write_section('render', text)  # --quick keeps the full table
     print(json.dumps(summary))
 
 

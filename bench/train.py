@@ -10,7 +10,7 @@ is a full output frame as `instag render` makes it: both branches deformed by th
 over the torso plate with the dilated mouth. Reference in the same process: rendering the same canonical Gaussians
 without the motion fields (the renderer alone), so `motion overhead` = reference FPS / full FPS.
 """
-import argparse, json, os, platform, re, sys, tempfile, time
+import argparse, json, os, platform, sys, tempfile, time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: see instag.train.reexec_with_passive_openmp
@@ -19,6 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _sections import write_section  # noqa: E402
 from instag.example_data import write_example_dataset  # noqa: E402
 from instag.talking_head import composite  # noqa: E402
 from instag.train import Trainer, train_config  # noqa: E402
@@ -109,19 +110,10 @@ def main(argv=None) -> int:
              '', f'Motion-field overhead at inference: {ref_fps / max(fps, 1e-9):.2f}x (reference FPS / full FPS).']
     section = '\n'.join(lines)
     print(section)
-    if not a.no_write: write_section(ROOT / 'BENCHMARKS.md', 'train', section)
+    if not a.no_write: write_section('train', section)
     print(json.dumps(result))
     return 0
 
-
-def write_section(path: Path, name: str, body: str) -> None:
-    "Replace (or append) the text between `<!-- bench:name -->` and `<!-- /bench:name -->`, keeping the rest."
-    start, end = f'<!-- bench:{name} -->', f'<!-- /bench:{name} -->'
-    text = path.read_text() if path.exists() else '# Benchmarks\n\nEach section is written by the `bench/` script it names.\n'
-    block = f'{start}\n{body}\n{end}'
-    pattern = re.compile(re.escape(start) + r'.*?' + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip('\n') + '\n\n' + block + '\n'
-    path.write_text(text)
 
 
 if __name__ == '__main__': sys.exit(main())

@@ -31,9 +31,13 @@ __all__ = ['PRESETS', 'STAGES', 'CHECKPOINT', 'MODEL', 'FUSE_NAMES', 'LIP_LANDMA
 @dataclass
 class MotionLR(Config):
     "Adam learning rates of the motion fields (official: grid 5e-3, networks 5e-4, AudioAttNet x5 with decay 1e-4)."
+    # lr of the tri-plane grid tables
     grid: float = 5e-3
+    # lr of the MLPs and the audio net
     net: float = 5e-4
+    # the temporal audio attention (AudioAttNet) learns this many times faster
     attention_factor: float = 5.0
+    # weight decay of the temporal audio attention
     attention_weight_decay: float = 1e-4
 
 @dataclass
@@ -49,14 +53,19 @@ class TrainConfig(Config):
     fuse_iterations: int = 2_000
     # the first iterations of the face and mouth stages train the structure only (no motion)
     static_iterations: int = 0
+    # the two branches: structure fields and motion fields
     synthesizer: SynthesizerConfig = field(default_factory=SynthesizerConfig)
+    # how frames, audio features and AUs are read
     data: DataConfig = field(default_factory=DataConfig)
     # structure-field learning rates (the means lr decays over each stage)
     gaussian_lr: GaussianLR = field(default_factory=GaussianLR)
+    # motion-field learning rates
     motion_lr: MotionLR = field(default_factory=MotionLR)
     # densification of the face stage; the mouth stage uses mouth_grad_threshold; refine_stop counts from the end
     densify: DensifyStrategy = field(default_factory=lambda: DensifyStrategy(refine_stop=1000))
+    # densification gradient threshold of the mouth stage (METHOD: 2e-4)
     mouth_grad_threshold: float = 2e-4
+    # loss weights
     losses: LossConfig = field(default_factory=LossConfig)
     # constant colour behind a branch while it trains alone
     region_background: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -67,6 +76,7 @@ class TrainConfig(Config):
     eval_frames: int = 100
     # also measure the mouth landmark distance with the MediaPipe face mesh (seconds per 100 frames)
     eval_lmd: bool = True
+    # seed of initialisation and frame sampling
     seed: int = 0
     # torch threads (0: leave torch's default)
     threads: int = 0
