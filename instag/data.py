@@ -244,6 +244,8 @@ class TalkingHeadDataset:
                                                                      frames=self.ids[-1] + 1, fps=self.fps)
         self.plate = _rgb(self.root / 'bc.jpg') if (self.root / 'bc.jpg').exists() else np.zeros((h, w, 3), np.uint8)
         self.prior_dirs = {k: _prior_dir(self.root, k) for k in ('depth', 'normal')}
+        self.mouth_open = self._read_mouth_open()
+
         self.cache = LRUCache(self.config.cache_mb * 2**20)
 
     def _read_aus(self) -> Tensor:  # [max id + 1, 6]
@@ -254,7 +256,17 @@ class TalkingHeadDataset:
         aus[:, AU_NAMES.index('AU45')] = aus[:, AU_NAMES.index('AU45')].clip(0, self.config.au45_max)
         return torch.from_numpy(aus)
 
+    def _read_mouth_open(self) -> Tensor | None:  # [max id + 1] or None
+        "The inner-lip gap per frame (eye-distance units) that `instag prepare` measured, when the dataset has it."
+        path = self.root / 'instag' / 'mouth_open.npy'
+        if not path.exists(): return None
+        m = np.load(path).astype(np.float32)
+        if m.ndim != 1 or len(m) <= self.ids[-1] or not np.isfinite(m).all():
+            notice(f'{path} is not one finite value per frame: ignored (rerun instag prepare to remake it)'); return None
+        return torch.from_numpy(m)
+
     def __len__(self) -> int: return len(self.ids)
+
     def __getitem__(self, k: int) -> Frame: return self.frame(self.ids[k])
     def __repr__(self) -> str:
         return (f'TalkingHeadDataset({self.root.name}: {len(self)} frames {self.width}x{self.height} @ {self.fps} fps, '

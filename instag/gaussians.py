@@ -203,6 +203,8 @@ class DensifyStrategy(Config):
     reset_value: float = 0.01
     # scene size for the thresholds; a constant (METHOD), not the camera spread
     scene_extent: float = 1.0
+    # most Gaussians growth may reach (0: no limit); when it would pass, the highest gradients grow first
+    max_gaussians: int = 0
 
     def initialize_state(self, n: int, device: str | torch.device = 'cpu') -> dict:
         "Per-Gaussian running statistics: accumulated gradient norm, visible count, max screen radius."
@@ -240,6 +242,12 @@ class DensifyStrategy(Config):
     def _grow(self, params, optimizers, state, generator) -> dict:
         grads = state['grad2d'] / state['count'].clamp_min(1)
         high = grads > self.grad_threshold
+        if self.max_gaussians:  # a clone or a split adds one Gaussian each: grow at most `room` of them
+            room = max(self.max_gaussians - len(grads), 0)
+            if int(high.sum()) > room:
+                keep = grads.masked_fill(~high, -1.0).topk(room).indices
+                high = torch.zeros_like(high); high[keep] = True
+
         small = params['scales'].exp().max(-1).values <= self.percent_dense * self.scene_extent
         clone, grow = high & small, high & ~small
         n_clone = int(clone.sum())

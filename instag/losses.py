@@ -29,6 +29,10 @@ class LossConfig(Config):
     alpha_weight: float = 1e-3
     # weight of the L1 on every predicted delta
     delta_weight: float = 1e-5
+    # weight of the lip loss: squared error of the motion field's lip probe (audio code -> mouth opening) against the
+    # standardized inner-lip gap measured by prepare (0: off, as in the paper; the cpu preset turns it on)
+    lip_weight: float = 0.0
+
 
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # SSIM stabilisers for images in [0, 1]
 

@@ -167,6 +167,11 @@ class MotionField(nn.Module):
             self.eye_att_net = MLP(H, E, cfg.expression_hidden, 2)
         self.out_dim = 10 if cfg.predict_shape else 3
         self.deform_net = MLP(H + cfg.audio_dim + E + cfg.hook_dim, self.out_dim, cfg.hidden_dim, cfg.num_layers)
+        # instag addition: a linear probe of the audio code for the mouth opening. The lip loss of `instag.train` fits
+        # it to the inner-lip gap `prepare` measured on the training frames, which teaches the audio net what moves
+        # the lips within a few hundred steps; inference never uses it
+        self.lip_probe = nn.Linear(cfg.audio_dim, 1)
+
         self.register_buffer('means_axis_scale', torch.tensor(cfg.means_axis_scale) * cfg.means_scale, persistent=False)
 
     def encode_audio(self, audio: Tensor) -> Tensor:  # [frames, W, D] -> [audio_dim]

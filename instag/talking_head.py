@@ -175,14 +175,18 @@ class TalkingHead(nn.Module):
         g = torch.Generator().manual_seed(seed)
         self.face = Branch(cfg.face, g)
         self.mouth = Branch(cfg.mouth, g)
-        # mean and standard deviation of the training audio features (raw log-mel is ~ -20): inputs are standardized
-        self.register_buffer('audio_stats', torch.tensor([0.0, 1.0]))
+        # per-channel mean and standard deviation [2, A] of the training audio features: inputs are standardized
+        # channel by channel (log-mel bands differ by 10s of dB in level and spread; one scalar leaves most flat)
+        A = cfg.face.motion.audio_in_dim
+        self.register_buffer('audio_stats', torch.stack([torch.zeros(A), torch.ones(A)]))
 
     def branch(self, name: str) -> Branch: return getattr(self, name)
 
     def set_audio_stats(self, features: Tensor) -> None:
-        "Standardize audio windows with the mean and std of `features` (any shape) from now on."
-        self.audio_stats.copy_(torch.stack([features.mean(), features.std().clamp_min(1e-6)]))
+        "Standardize audio windows per channel with the mean and std of `features` [..., A] from now on."
+        x = features.reshape(-1, features.shape[-1]).float()
+        self.audio_stats.copy_(torch.stack([x.mean(0), x.std(0).clamp_min(1e-3 * float(x.std()) + 1e-6)]))
+
 
     def conditions(self, audio: Tensor,  # [8, W, A] raw feature window
                    aus: Tensor,          # [6] action units

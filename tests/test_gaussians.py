@@ -189,3 +189,23 @@ def test_strategy_prunes_transparent_and_too_big():
         s.step_pre_backward(params, opts, state, step, out); backward()
         assert s.step_post_backward(params, opts, state, step, out, 64, 64)['pruned'] == expected
     assert len(params['means']) == 7
+
+
+def test_strategy_cap_grows_highest_gradients_first():
+    s = DensifyStrategy(grad_threshold=1e-3, refine_start=0, refine_every=1, percent_dense=0.01, scene_extent=1.0,
+                        max_gaussians=12)
+    params = init_random(10, generator=_gen()); opts = make_optimizers(params)
+    with torch.no_grad(): params['scales'][:] = math.log(0.005)   # all small: every grown Gaussian is cloned
+    marker = params['means'].detach().clone()
+    state = s.initialize_state(10)
+    grads = torch.zeros(10, 2); grads[[1, 3, 5, 7], 0] = torch.tensor([1e-4, 4e-4, 3e-4, 2e-4])  # 4 above threshold
+    out, backward = _render_out(10, grads, torch.full((10,), 3.))
+    s.step_pre_backward(params, opts, state, 1, out); backward()
+    report = s.step_post_backward(params, opts, state, 1, out, 512, 512)
+    assert report['cloned'] == 2 and len(params['means']) == 12        # room for 2 only
+    assert_close(params['means'][10:].detach().sort(0).values, marker[[3, 5]].sort(0).values)  # the two largest
+    # at the cap nothing grows, however large the gradients
+    state = s.initialize_state(12)
+    out, backward = _render_out(12, torch.full((12, 2), 1e-2), torch.full((12,), 3.))
+    s.step_pre_backward(params, opts, state, 2, out); backward()
+    assert s.step_post_backward(params, opts, state, 2, out, 512, 512)['cloned'] == 0 and len(params['means']) == 12

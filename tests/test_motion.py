@@ -99,8 +99,18 @@ def test_gradients_reach_everything(face):
     d, att = face(means, audio, aus, return_attention=True)
     (sum(x.square().sum() for x in d.deltas()) + att.audio.sum() + att.eye.sum()).backward()
     assert means.grad.abs().sum() > 0
+    # the lip probe is trained by the lip loss alone (below), never by the deformation
     missing = [n for n, p in face.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert missing == []
+    assert missing == ['lip_probe.weight', 'lip_probe.bias']
+
+
+def test_lip_probe_trains_the_audio_net(face):
+    _, audio, _ = _inputs(1)
+    face.zero_grad()
+    face.lip_probe(face.encode_audio(audio)).square().sum().backward()
+    assert face.lip_probe.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in face.audio_net.parameters())
+    assert all(p.grad is None for p in face.encoder.parameters())  # position features play no part
 
 
 def test_param_groups_cover_each_parameter_once(face):

@@ -96,3 +96,40 @@ def test_demo_end_to_end(tmp_path):
     r = demo(tmp_path / 'demo', seconds=1.0, clip_seconds=3.0, size=64, verbose=False, face_iterations=20,
              mouth_iterations=10, fuse_iterations=5, eval_frames=4, eval_lmd=False)
     assert Path(r['video']).exists() and r['psnr'] is not None
+
+
+class ProbeAtStart(Callback):
+    "Copies of the lip probes' weights before the first step."
+    def before_fit(self, t):
+        self.face, self.mouth = (t.model.branch(b).motion.lip_probe.weight.detach().clone() for b in ('face', 'mouth'))
+
+
+def test_lip_loss_trains_the_probe_and_sampling_favours_open_mouths(dataset, tmp_path):
+    import shutil
+    ds = tmp_path / 'ds'
+    shutil.copytree(dataset, ds)
+    opening = np.random.default_rng(0).uniform(0.0, 0.1, 64).astype(np.float32)  # what prepare measures per frame
+    (ds / 'instag').mkdir(exist_ok=True)
+    np.save(ds / 'instag' / 'mouth_open.npy', opening)
+    runs, start = {}, {}
+    for w in (0.0, 1.0):
+        cfg = train_config('cpu', **{**TINY, 'losses__lip_weight': w, 'lip_sampling': 3.0})
+        start[w] = ProbeAtStart()
+        runs[w] = train(ds, cfg, run_dir=tmp_path / f'w{w}', verbose=False, evaluate=False, callbacks=[start[w]])
+    off, t = runs[0.0].model, runs[1.0].model
+    assert torch.equal(off.face.motion.lip_probe.weight, start[0.0].face)  # off: the probe is never touched
+    assert not torch.equal(t.face.motion.lip_probe.weight, start[1.0].face)
+    assert not torch.equal(t.mouth.motion.lip_probe.weight, start[1.0].mouth)
+    t = runs[1.0]
+    w, o = t.frame_weights, torch.from_numpy(opening)[t.train_ids]
+    assert w[o.argmax()] == pytest.approx(4.0) and w[o.argmin()] == pytest.approx(1.0)
+    assert torch.equal(w.argsort(), o.argsort())
+    z = t.lip_target[t.train_ids]  # standardized over the training frames
+    assert float(z.mean()) == pytest.approx(0.0, abs=1e-5) and float(z.std()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_no_mouth_opening_means_uniform_sampling_and_no_lip_loss(dataset, tmp_path):
+    t = train(dataset, train_config('cpu', **{**TINY, 'losses__lip_weight': 1.0, 'lip_sampling': 3.0,
+                                               'face_iterations': 2, 'mouth_iterations': 1, 'fuse_iterations': 1}),
+              run_dir=tmp_path / 'r', verbose=False, evaluate=False)
+    assert t.frame_weights is None and t.lip_target is None
