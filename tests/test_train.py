@@ -133,3 +133,35 @@ def test_no_mouth_opening_means_uniform_sampling_and_no_lip_loss(dataset, tmp_pa
                                                'face_iterations': 2, 'mouth_iterations': 1, 'fuse_iterations': 1}),
               run_dir=tmp_path / 'r', verbose=False, evaluate=False)
     assert t.frame_weights is None and t.lip_target is None
+
+
+def _frame(H=48, W=48):
+    from instag.data import Frame
+    from instag.layout import LABELS
+    labels = torch.zeros(H, W, dtype=torch.uint8)
+    labels[:, :20] = LABELS['face']          # face: the left columns
+    labels[18:30, 32:44] = LABELS['mouth']   # inside the mouth: far from the face
+    g = torch.Generator().manual_seed(0)
+    return Frame(0, torch.rand(H, W, 3, generator=g), labels, torch.zeros(H, W, 3), None, torch.zeros(8, 16, 80),
+                 torch.zeros(6))
+
+
+@pytest.mark.parametrize('stage', ['face', 'mouth'])
+def test_region_loss_where_each_branch_is_judged(stage):
+    from instag.losses import LossConfig
+    from instag.train import region_loss
+    f, L, white = _frame(), LossConfig(), torch.ones(3)
+    g = torch.Generator().manual_seed(1)
+    rgb, alpha = torch.rand(48, 48, 3, generator=g) * 0.5, torch.full((48, 48, 1), 0.5)
+    base, pred, target = region_loss(rgb, alpha, f, stage, white, L)
+    region = f.face_mask if stage == 'face' else f.mouth_mask
+    assert torch.equal(target[region], f.image[region]) and bool((target[~region] == 1).all())
+    torch.testing.assert_close(pred, rgb + 0.5 * white)
+    # a change deep inside the face region (6+ px from anything else: the SSIM window is 11 px wide)
+    under_face = rgb.clone(); under_face[10:38, 2:12] = 0.9
+    changed = float(region_loss(under_face, alpha, f, stage, white, L)[0])
+    if stage == 'mouth': assert changed == pytest.approx(float(base), rel=1e-6)  # the face covers it: no loss there
+    else: assert changed != pytest.approx(float(base), rel=1e-3)
+    # a change in the open background counts for both branches (it must stay transparent there)
+    outside = rgb.clone(); outside[2:8, 30:46] = 0.9
+    assert float(region_loss(outside, alpha, f, stage, white, L)[0]) != pytest.approx(float(base), rel=1e-3)
