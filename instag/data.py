@@ -245,7 +245,6 @@ class TalkingHeadDataset:
         self.plate = _rgb(self.root / 'bc.jpg') if (self.root / 'bc.jpg').exists() else np.zeros((h, w, 3), np.uint8)
         self.prior_dirs = {k: _prior_dir(self.root, k) for k in ('depth', 'normal')}
         self.mouth_open = self._read_mouth_open()
-
         self.cache = LRUCache(self.config.cache_mb * 2**20)
 
     def _read_aus(self) -> Tensor:  # [max id + 1, 6]
@@ -266,7 +265,6 @@ class TalkingHeadDataset:
         return torch.from_numpy(m)
 
     def __len__(self) -> int: return len(self.ids)
-
     def __getitem__(self, k: int) -> Frame: return self.frame(self.ids[k])
     def __repr__(self) -> str:
         return (f'TalkingHeadDataset({self.root.name}: {len(self)} frames {self.width}x{self.height} @ {self.fps} fps, '

@@ -42,7 +42,6 @@ def demo(out: Path | str | None = None, seconds: float = 5.0, clip_seconds: floa
     log(f'training on the first {seconds:g} s')
     t = train(dataset, train_config('cpu', seconds=seconds, **{**DEMO_SCHEDULE, **overrides}), run_dir=out / 'train',
               verbose=verbose)
-
     log('rendering the held-out sentence')
     head = load_run(t.run_dir)
     wav = held_out_audio(dataset, t.test_ids, head.fps)

@@ -247,7 +247,6 @@ class DensifyStrategy(Config):
             if int(high.sum()) > room:
                 keep = grads.masked_fill(~high, -1.0).topk(room).indices
                 high = torch.zeros_like(high); high[keep] = True
-
         small = params['scales'].exp().max(-1).values <= self.percent_dense * self.scene_extent
         clone, grow = high & small, high & ~small
         n_clone = int(clone.sum())

@@ -33,7 +33,6 @@ class LossConfig(Config):
     # standardized inner-lip gap measured by prepare (0: off, as in the paper; the cpu preset turns it on)
     lip_weight: float = 0.0
 
-
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # SSIM stabilisers for images in [0, 1]
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:  # [size, size], sums to 1

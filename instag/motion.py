@@ -171,7 +171,6 @@ class MotionField(nn.Module):
         # it to the inner-lip gap `prepare` measured on the training frames, which teaches the audio net what moves
         # the lips within a few hundred steps; inference never uses it
         self.lip_probe = nn.Linear(cfg.audio_dim, 1)
-
         self.register_buffer('means_axis_scale', torch.tensor(cfg.means_axis_scale) * cfg.means_scale, persistent=False)
 
     def encode_audio(self, audio: Tensor) -> Tensor:  # [frames, W, D] -> [audio_dim]

@@ -187,7 +187,6 @@ class TalkingHead(nn.Module):
         x = features.reshape(-1, features.shape[-1]).float()
         self.audio_stats.copy_(torch.stack([x.mean(0), x.std(0).clamp_min(1e-3 * float(x.std()) + 1e-6)]))
 
-
     def conditions(self, audio: Tensor,  # [8, W, A] raw feature window
                    aus: Tensor,          # [6] action units
                    hook: Tensor | None = None) -> Conditions:

@@ -21,7 +21,6 @@ from .losses import LossConfig, alpha_loss, delta_l1, photometric_loss
 from .talking_head import SynthesizerConfig, TalkingHead
 from .evaluate import evaluate, psnr
 
-
 # %% auto #0
 __all__ = ['PRESETS', 'STAGES', 'CHECKPOINT', 'MODEL', 'FUSE_NAMES', 'EXPERIMENT_NOTEBOOK', 'MotionLR', 'TrainConfig',
            'train_config', 'Callback', 'ProgressCallback', 'MetricsCallback', 'CheckpointCallback', 'write_loss_curve',
@@ -72,9 +71,7 @@ class TrainConfig(Config):
     # (white, not black: the open mouth is dark, so over black the face branch could paint the mouth hole dark instead
     # of opening its lips; over white it must move them. German clip, true lip gap fed in as the condition, 1500
     # iterations: correlation of the rendered lip gap with the true one 0.11 over black, 0.42 over white)
-
     region_background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
     # atomic checkpoint every this many seconds (and at every stage end); every N iterations too when > 0
     checkpoint_every_s: float = 300.0
     checkpoint_every_steps: int = 0
@@ -82,7 +79,6 @@ class TrainConfig(Config):
     # the opening (0: uniformly, as the paper): the few wide-open frames are what teaches the lips to part
     lip_sampling: float = 0.0
     # test frames evaluated at the end (evenly spaced over the held-out tail; 0: all)
-
     eval_frames: int = 100
     # also measure the mouth landmark distance with the MediaPipe face mesh (seconds per 100 frames)
     eval_lmd: bool = True
@@ -97,7 +93,6 @@ PRESETS = {
     # learning rates to match, and the two lip aids (lip loss, open-mouth sampling) that make the audio move the lips
     # within that budget (German clip, correlation of the rendered inner-lip gap with the true one on the held-out
     # frames: the earlier 600-iteration preset over a black background -0.21, 3000 iterations over black 0.23, this 0.46)
-
     'cpu': dict(face_iterations=4000, mouth_iterations=1000, fuse_iterations=100, static_iterations=100,
                 synthesizer__face__init_points=1500, synthesizer__mouth__init_points=800,
                 gaussian_lr__means=1e-3, gaussian_lr__means_final=1e-4, gaussian_lr__sh0=1e-2, gaussian_lr__shN=5e-4,
@@ -204,7 +199,6 @@ class Trainer:
         if cfg.lip_sampling > 0 and dataset.mouth_open is not None:
             rank = dataset.mouth_open[self.train_ids].argsort().argsort().float() / max(len(self.train_ids) - 1, 1)
             self.frame_weights = 1 + cfg.lip_sampling * rank
-
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.callbacks = sorted([ProgressCallback(), MetricsCallback(), CheckpointCallback(), *callbacks], key=lambda c: c.order)
         self.stage_index, self.step, self.history, self.elapsed = 0, 0, [], 0.0
@@ -305,7 +299,6 @@ def _train_step(self: Trainer) -> None:
             probe = branch.motion.lip_probe(branch.motion.encode_audio(cond.audio))[0]
             loss = loss + L.lip_weight * (probe - self.lip_target[i]).square()
         strategy = self.strategy()
-
         strategy.step_pre_backward(branch.gaussians, self.optimizers, self.densify_state, self.step, out)
     loss.backward()
     if self.stage != 'fuse':
