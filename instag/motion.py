@@ -15,7 +15,7 @@ from .config import Config
 from .grid import TriPlaneConfig, TriPlaneEncoder, mouth_grid_config
 
 # %% auto #0
-__all__ = ['MLP', 'AudioNet', 'AudioAttNet', 'audio_window', 'Deformation', 'apply_deformation', 'MotionFieldConfig',
+__all__ = ['MLP', 'conv1d_mm', 'AudioNet', 'AudioAttNet', 'audio_window', 'Deformation', 'apply_deformation', 'MotionFieldConfig',
            'face_motion_config', 'mouth_motion_config', 'MotionAttention', 'MotionField']
 
 # %% ../nbs/42_motion.ipynb #be9d915e
@@ -32,6 +32,22 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1: x = F.relu(x)
         return x
 
+def conv1d_mm(x: Tensor,          # [B, C, L]
+              conv: nn.Conv1d     # any kernel, stride and zero padding; no dilation or groups
+              ) -> Tensor:        # [B, O, L_out]
+    "`conv(x)` as one matmul over unfolded windows: the audio nets' tiny convolutions run ~10x faster so than via oneDNN."
+    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    B, C = x.shape[:2]
+    cols = F.pad(x, (p, p)).unfold(2, k, s).permute(0, 2, 1, 3).reshape(B, -1, C * k)  # [B, L_out, C*k]
+    out = cols @ conv.weight.reshape(conv.out_channels, C * k).T
+    if conv.bias is not None: out = out + conv.bias
+    return out.transpose(1, 2)
+
+def _run(seq: nn.Sequential, x: Tensor) -> Tensor:
+    "A Sequential of Conv1d and activations, the convolutions through `conv1d_mm`."
+    for layer in seq: x = conv1d_mm(x, layer) if isinstance(layer, nn.Conv1d) else layer(x)
+    return x
+
 class AudioNet(nn.Module):
     "AD-NeRF audio net: 4 strided Conv1d over the window, LeakyReLU 0.02, then 2 linear layers -> `dim_out`."
     def __init__(self, dim_in: int = 80, dim_out: int = 32):
@@ -42,7 +58,7 @@ class AudioNet(nn.Module):
         self.fc = nn.Sequential(nn.Linear(64, 64), act(), nn.Linear(64, dim_out))
 
     def forward(self, audio: Tensor) -> Tensor:  # [T, W, D] per-frame windows -> [T, dim_out]
-        h = self.conv(audio.transpose(1, 2))     # [T, 64, ceil(W / 16)]
+        h = _run(self.conv, audio.transpose(1, 2))  # [T, 64, ceil(W / 16)]
         assert h.shape[-1] == 1, f'audio window of {audio.shape[1]} entries: AudioNet expects at most 16'
         return self.fc(h[..., 0])
 
@@ -56,7 +72,7 @@ class AudioAttNet(nn.Module):
         self.attention = nn.Linear(frames, frames)
 
     def forward(self, codes: Tensor) -> Tensor:  # [B, frames, dim] -> [B, dim]
-        weights = torch.softmax(self.attention(self.conv(codes.transpose(1, 2))[:, 0]), dim=1)  # [B, frames]
+        weights = torch.softmax(self.attention(_run(self.conv, codes.transpose(1, 2))[:, 0]), dim=1)  # [B, frames]
         return (weights[..., None] * codes).sum(1)
 
 def audio_window(features: Tensor,  # [T, W, D] per-frame audio features of a clip

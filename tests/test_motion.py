@@ -150,3 +150,28 @@ def test_universal_personal_aligner_compose_without_editing(face):
     assert_close(d.d_means, u.d_means * tau + p.d_means)
     assert_close(d.d_quats, u.d_quats + p.d_quats)
     assert personal.deform_net.layers[0].out_features == 32
+
+
+@pytest.mark.parametrize('name', ['face', 'mouth'])
+def test_cached_inference_path_matches_forward(name):
+    "`Branch.deform` without grad (H(mu) share of the first layer cached) equals the motion field's forward."
+    from instag.talking_head import Conditions, SynthesizerConfig, TalkingHead
+    torch.manual_seed(0)
+    head = TalkingHead(SynthesizerConfig(), seed=0)
+    branch = head.branch(name)
+    with torch.no_grad():  # a field with real structure: grid features and weights far from their tiny init
+        for p in branch.motion.parameters(): p.copy_(torch.randn_like(p) * 0.3)
+    g = torch.Generator().manual_seed(1)
+    for hook in (None, torch.randn(3, generator=g)):
+        cond = Conditions(torch.randn(8, 16, 80, generator=g), torch.rand(6, generator=g) * 2, hook)
+        slow = branch.deformation(cond)
+        with torch.no_grad(): fast = branch.deform(cond)[1]
+        assert float(slow.d_means.detach().abs().max()) > 1e-3   # not a comparison of zeros
+        # float32 sums in another order (one matmul over [H | C] vs its split): tolerances relative to the scale
+        close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.detach().abs().max()))
+        close(fast.d_means, slow.d_means)
+        if name == 'face': close(fast.d_quats, slow.d_quats); close(fast.d_scales, slow.d_scales)
+    # the cache follows training: a changed weight changes the next inference
+    with torch.no_grad(): branch.motion.deform_net.layers[0].weight.mul_(2)
+    with torch.no_grad(): again = branch.deform(cond)[1]
+    close(again.d_means, branch.deformation(cond).d_means)
