@@ -15,8 +15,8 @@ from .config import Config
 from .grid import TriPlaneConfig, TriPlaneEncoder, mouth_grid_config
 
 # %% auto #0
-__all__ = ['MLP', 'conv1d_mm', 'AudioNet', 'AudioAttNet', 'audio_window', 'Deformation', 'apply_deformation', 'MotionFieldConfig',
-           'face_motion_config', 'mouth_motion_config', 'MotionAttention', 'MotionField']
+__all__ = ['MLP', 'conv1d_mm', 'Conv1dMM', 'AudioNet', 'AudioAttNet', 'audio_window', 'Deformation', 'apply_deformation',
+           'MotionFieldConfig', 'face_motion_config', 'mouth_motion_config', 'MotionAttention', 'MotionField']
 
 # %% ../nbs/42_motion.ipynb #be9d915e
 class MLP(nn.Module):
@@ -43,22 +43,21 @@ def conv1d_mm(x: Tensor,          # [B, C, L]
     if conv.bias is not None: out = out + conv.bias
     return out.transpose(1, 2)
 
-def _run(seq: nn.Sequential, x: Tensor) -> Tensor:
-    "A Sequential of Conv1d and activations, the convolutions through `conv1d_mm`."
-    for layer in seq: x = conv1d_mm(x, layer) if isinstance(layer, nn.Conv1d) else layer(x)
-    return x
+class Conv1dMM(nn.Conv1d):
+    "`nn.Conv1d` (same parameters and state-dict keys) whose forward is `conv1d_mm`."
+    def forward(self, x: Tensor) -> Tensor: return conv1d_mm(x, self)
 
 class AudioNet(nn.Module):
     "AD-NeRF audio net: 4 strided Conv1d over the window, LeakyReLU 0.02, then 2 linear layers -> `dim_out`."
     def __init__(self, dim_in: int = 80, dim_out: int = 32):
         super().__init__()
         act = lambda: nn.LeakyReLU(0.02)
-        self.conv = nn.Sequential(nn.Conv1d(dim_in, 32, 3, 2, 1), act(), nn.Conv1d(32, 32, 3, 2, 1), act(),
-                                  nn.Conv1d(32, 64, 3, 2, 1), act(), nn.Conv1d(64, 64, 3, 2, 1), act())
+        self.conv = nn.Sequential(Conv1dMM(dim_in, 32, 3, 2, 1), act(), Conv1dMM(32, 32, 3, 2, 1), act(),
+                                  Conv1dMM(32, 64, 3, 2, 1), act(), Conv1dMM(64, 64, 3, 2, 1), act())
         self.fc = nn.Sequential(nn.Linear(64, 64), act(), nn.Linear(64, dim_out))
 
     def forward(self, audio: Tensor) -> Tensor:  # [T, W, D] per-frame windows -> [T, dim_out]
-        h = _run(self.conv, audio.transpose(1, 2))  # [T, 64, ceil(W / 16)]
+        h = self.conv(audio.transpose(1, 2))     # [T, 64, ceil(W / 16)]
         assert h.shape[-1] == 1, f'audio window of {audio.shape[1]} entries: AudioNet expects at most 16'
         return self.fc(h[..., 0])
 
@@ -67,12 +66,12 @@ class AudioAttNet(nn.Module):
     def __init__(self, dim: int = 32, frames: int = 8):
         super().__init__()
         chans, layers = [dim, 16, 8, 4, 2, 1], []
-        for a, b in zip(chans[:-1], chans[1:]): layers += [nn.Conv1d(a, b, 3, 1, 1), nn.LeakyReLU(0.02)]
+        for a, b in zip(chans[:-1], chans[1:]): layers += [Conv1dMM(a, b, 3, 1, 1), nn.LeakyReLU(0.02)]
         self.conv = nn.Sequential(*layers)
         self.attention = nn.Linear(frames, frames)
 
     def forward(self, codes: Tensor) -> Tensor:  # [B, frames, dim] -> [B, dim]
-        weights = torch.softmax(self.attention(_run(self.conv, codes.transpose(1, 2))[:, 0]), dim=1)  # [B, frames]
+        weights = torch.softmax(self.attention(self.conv(codes.transpose(1, 2))[:, 0]), dim=1)  # [B, frames]
         return (weights[..., None] * codes).sum(1)
 
 def audio_window(features: Tensor,  # [T, W, D] per-frame audio features of a clip
@@ -91,16 +90,17 @@ class Deformation:
     d_means: Tensor                  # [N, 3] added to the means
     d_scales: Tensor | None = None   # [N, 3] added to the log scales
     d_quats: Tensor | None = None    # [N, 4] added to the quaternions (wxyz) before normalising
+    audio_code: Tensor | None = None # [audio_dim] the field's audio code (for its lip probe); a sum keeps the left one's
 
     def __add__(self, other: Deformation) -> Deformation:
         "Sum of two deformations of the same Gaussians (universal + personalized)."
         add = lambda a, b: b if a is None else a if b is None else a + b
         return Deformation(self.d_means + other.d_means, add(self.d_scales, other.d_scales),
-                           add(self.d_quats, other.d_quats))
+                           add(self.d_quats, other.d_quats), self.audio_code)
 
     def scale_means(self, tau: Tensor) -> Deformation:  # tau: [3], [N, 1] or [N, 3]
         "d_mu scaled (per axis and/or per point): the aligner's tau_A, the hook's tau_M."
-        return Deformation(self.d_means * tau, self.d_scales, self.d_quats)
+        return Deformation(self.d_means * tau, self.d_scales, self.d_quats, self.audio_code)
 
     def deltas(self) -> list[Tensor]:
         "The predicted deltas, for the delta regulariser."
@@ -202,7 +202,8 @@ class MotionField(nn.Module):
         cfg, N = self.cfg, means.shape[0]
         assert means.ndim == 2 and means.shape[1] == 3, f'means must be [N, 3], got {tuple(means.shape)}'
         h = self.encoder(means)                                               # [N, 36]
-        code = self.encode_audio(audio).expand(N, -1)                        # [N, 32]
+        raw = self.encode_audio(audio)                                       # [32]
+        code = raw.expand(N, -1)                                             # [N, 32]
         att_audio = att_eye = None
         if self.region_att_net is not None:
             att_audio = self.region_att_net(h); code = code * att_audio
@@ -220,7 +221,7 @@ class MotionField(nn.Module):
         out = self.deform_net(torch.cat(parts, 1))
         d = Deformation(out[:, :3] * self.means_axis_scale,
                         out[:, 7:10] if cfg.predict_shape else None,
-                        out[:, 3:7] if cfg.predict_shape else None)
+                        out[:, 3:7] if cfg.predict_shape else None, raw)
         if not return_attention: return d
         norm = lambda a: None if a is None else a.norm(dim=-1, keepdim=True)
         return d, MotionAttention(norm(att_audio), norm(att_eye))

@@ -112,7 +112,7 @@ class Branch(nn.Module):
         for layer in f.deform_net.layers[1:]: x = layer(F.relu(x))
         out = x
         return Deformation(out[:, :3] * f.means_axis_scale, out[:, 7:10] if cfg.predict_shape else None,
-                           out[:, 3:7] if cfg.predict_shape else None)
+                           out[:, 3:7] if cfg.predict_shape else None, code)
 
     def load_gaussians(self, tensors: dict[str, Tensor]) -> None:
         "Replace the structure field (any number of Gaussians), e.g. from a checkpoint."

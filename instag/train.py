@@ -296,7 +296,7 @@ def _train_step(self: Trainer) -> None:
         loss, pred, target = region_loss(out.rgb, out.alpha, frame, self.stage, torch.tensor(c.region_background), L)
         if deformation is not None: loss = loss + L.delta_weight * delta_l1(*deformation.deltas()).mean()
         if L.lip_weight and self.lip_target is not None and not static:  # the audio code must predict the lip gap
-            probe = branch.motion.lip_probe(branch.motion.encode_audio(cond.audio))[0]
+            probe = branch.motion.lip_probe(deformation.audio_code)[0]   # fields[0]'s code: the left of the sum
             loss = loss + L.lip_weight * (probe - self.lip_target[i]).square()
         strategy = self.strategy()
         strategy.step_pre_backward(branch.gaussians, self.optimizers, self.densify_state, self.step, out)

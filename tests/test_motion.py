@@ -171,7 +171,25 @@ def test_cached_inference_path_matches_forward(name):
         close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.detach().abs().max()))
         close(fast.d_means, slow.d_means)
         if name == 'face': close(fast.d_quats, slow.d_quats); close(fast.d_scales, slow.d_scales)
+        close(fast.audio_code, slow.audio_code)   # the code the lip probe reads, the same on both paths
     # the cache follows training: a changed weight changes the next inference
     with torch.no_grad(): branch.motion.deform_net.layers[0].weight.mul_(2)
     with torch.no_grad(): again = branch.deform(cond)[1]
     close(again.d_means, branch.deformation(cond).d_means)
+
+
+@pytest.mark.parametrize('cin,cout,k,s,p,L', [(80, 32, 3, 2, 1, 16), (32, 16, 3, 1, 1, 8), (5, 7, 4, 3, 2, 11)])
+def test_conv1d_mm_equals_conv1d(cin, cout, k, s, p, L):
+    from instag.motion import Conv1dMM, conv1d_mm
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv1d(cin, cout, k, s, p).double()
+    x = torch.randn(3, cin, L, generator=g, dtype=torch.float64, requires_grad=True)
+    ours, ref = conv1d_mm(x, conv), conv(x)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((ours * w).sum(), (x, conv.weight, conv.bias))
+    want = torch.autograd.grad((ref * w).sum(), (x, conv.weight, conv.bias))
+    for a, b in zip(got, want): torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    mm = Conv1dMM(cin, cout, k, s, p).double()
+    mm.load_state_dict(conv.state_dict())                       # the same keys as nn.Conv1d
+    torch.testing.assert_close(mm(x), ref, rtol=1e-12, atol=1e-12)
