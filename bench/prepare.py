@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from instag.core import shared_data_dir
-from instag.prepare import PrepareConfig, prepare
+from instag.prepare.pipeline import PrepareConfig, prepare
 from instag.video import iter_frames, probe_video
 
 BUDGET_S = 60.0  # the budget: wall seconds per 10 s of 512x512 video on the 2-core machine

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from instag.viewer import Viewer, ViewState, make_render_fn, CHROMIUM_FLAGS  # noqa: E402
-from instag.viewer_scenes import toy_scene  # noqa: E402
+from instag.view.viewer import Viewer, ViewState, make_render_fn, CHROMIUM_FLAGS  # noqa: E402
+from instag.view.scenes import toy_scene  # noqa: E402
 from instag.render import resolve_backend  # noqa: E402
 
 TARGET_MS = 100  # issue #7: a frame change redraws within 100 ms (20k Gaussians, 256x256, this machine)

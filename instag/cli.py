@@ -13,14 +13,14 @@ __all__ = ['COMMANDS', 'main']
 
 # %% ../nbs/90_cli.ipynb #9927b027
 COMMANDS = {
-    'doctor':     ('instag.doctor:main_doctor',      'what this machine can run: versions, device, optional backends'),
-    'demo':       ('instag.demo:main_demo',          'the whole job on the embedded default: synthesize, train, render'),
-    'synth':      ('instag.synth:main_synth',        'generate synthetic talking-head datasets with known ground truth'),
-    'prepare':    ('instag.prepare:main_prepare',    'turn a talking-head video into a training set (offline, CPU)'),
-    'check-data': ('instag.data:main_check_data',    'validate a dataset folder and print what is missing'),
-    'train':      ('instag.train:main_train',        'train a person-specific head from a dataset'),
-    'render':     ('instag.inference:main_render',   'render a trained head speaking any audio to an mp4 with sound'),
-    'view':       ('instag.viewer:main_view',        'live 3D viewer in the browser (viser)'),
+    'doctor':     ('instag.doctor:main_doctor',               'what this machine can run: versions, device, optional backends'),
+    'demo':       ('instag.demo:main_demo',                   'the whole job on the embedded default: synthesize, train, render'),
+    'synth':      ('instag.synth.corpus:main_synth',          'generate synthetic talking-head datasets with known ground truth'),
+    'prepare':    ('instag.prepare.pipeline:main_prepare',    'turn a talking-head video into a training set (offline, CPU)'),
+    'check-data': ('instag.data:main_check_data',             'validate a dataset folder and print what is missing'),
+    'train':      ('instag.train:main_train',                 'train a person-specific head from a dataset'),
+    'render':     ('instag.inference:main_render',            'render a trained head speaking any audio to an mp4 with sound'),
+    'view':       ('instag.view.viewer:main_view',            'live 3D viewer in the browser (viser)'),
 }
 
 def _usage() -> str:

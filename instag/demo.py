@@ -31,7 +31,7 @@ def demo(out: Path | str | None = None, seconds: float = 5.0, clip_seconds: floa
          seed: int = 0, verbose: bool = True, **overrides) -> dict:
     "Synthesize one identity, train on its first `seconds`, render the held-out tail's speech; returns the paths."
     from instag.inference import load_run, render_audio
-    from instag.synth import synthesize
+    from instag.synth.corpus import synthesize
     from instag.train import train, train_config
     t0 = time.time()
     out = Path(out) if out else new_run_dir('demo', f'{size}px')

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from instag.core import UserError
-from instag.prepare import PrepareConfig, TRACK_FILE, main_prepare, prepare
+from instag.prepare.pipeline import PrepareConfig, TRACK_FILE, main_prepare, prepare
 from instag.video import iter_frames, probe_video, write_test_video
 
 SR = 16000
@@ -170,7 +170,7 @@ def _check_data(out: Path) -> dict:
 
 def test_real_clip_interrupted_then_resumed(shared_data, tmp_path, monkeypatch):
     "face2 (5 s) at 128 px: an interrupted run is not complete; the rerun reuses the track and finishes; a third run does nothing."
-    import instag.prepare as prep
+    import instag.prepare.pipeline as prep
     clip, out, cfg = shared_data / 'videoretalking_face2.mp4', tmp_path / 'face2', PrepareConfig(size=128)
 
     def interrupt(*a, **k): raise KeyboardInterrupt
@@ -276,7 +276,7 @@ def test_whisper_encoder_features(shared_data):
     path = _whisper_model()
     import ctranslate2
     from instag.audio import load_audio
-    from instag.speech_encoder import encoder_features, whisper_log_mel
+    from instag.prepare.speech_encoder import encoder_features, whisper_log_mel
     wav = load_audio(shared_data / 'musetalk_eng.wav')[: 16000 * 30]
     feats, kind = encoder_features(wav[:16000 * 2], path, 50)
     assert kind == 'whisper' and feats.shape[:2] == (50, 2) and np.isfinite(feats).all()

@@ -10,9 +10,9 @@ from scipy.io import wavfile
 
 from instag.data import check_data, parsing_to_labels
 from instag.layout import LABELS
-from instag.synth import main_synth, synthesize, make_identity, world_camera, render_frame
-from instag.synth_audio import vowel_energy, random_voice
-from instag.synth_head import build_head, pose_head
+from instag.synth.corpus import main_synth, synthesize, make_identity, world_camera, render_frame
+from instag.synth.speech import vowel_energy, random_voice
+from instag.synth.head import build_head, pose_head
 
 # thresholds named once, with the reason
 JAW_ENERGY_MIN_R = 0.6          # issue #4: ground-truth jaw opening vs the audio's vowel energy

@@ -1,4 +1,4 @@
-"""The live viewer (`instag.viewer`): server lifecycle over HTTP, frame changes through the API, render_fn, run files,
+"""The live viewer (`instag.view.viewer`): server lifecycle over HTTP, frame changes through the API, render_fn, run files,
 the CLI, and (slow, needs Debian's chromium) a headless-browser screenshot that shows the head."""
 import json, shutil, socket, threading, urllib.error, urllib.request
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from instag.camera import Camera
-from instag.viewer import (Viewer, ViewState, make_render_fn, camera_from_viser, viser_pose, chromium_screenshot,
+from instag.view.viewer import (Viewer, ViewState, make_render_fn, camera_from_viser, viser_pose, chromium_screenshot,
                            main_view)
-from instag.viewer_scenes import toy_scene, read_history, read_metrics, loss_figure, scene_from_path
+from instag.view.scenes import toy_scene, read_history, read_metrics, loss_figure, scene_from_path
 
 FIRST_DRAW_S = 600  # the first render may compile the C++ renderer (minutes on 2 busy cores)
 
@@ -135,7 +135,7 @@ def test_headless_chromium_screenshot_shows_the_head(small_scene, tmp_path):
 
 @pytest.fixture(scope='module')
 def tiny_synth(tmp_path_factory):
-    synth = pytest.importorskip('instag.synth')
+    synth = pytest.importorskip('instag.synth.corpus')
     return synth.synthesize(identities=1, seconds=1.0, size=64, seed=3, out=tmp_path_factory.mktemp('synth'),
                             progress=False, detail=0.2, video=False)[0]
 
