@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from instag.view.viewer import Viewer, ViewState, make_render_fn, CHROMIUM_FLAGS  # noqa: E402
+from instag.view.screenshot import CHROMIUM_FLAGS  # noqa: E402
+from instag.view.viewer import Viewer, ViewState, make_render_fn  # noqa: E402
 from instag.view.scenes import toy_scene  # noqa: E402
 from instag.render import resolve_backend  # noqa: E402
 

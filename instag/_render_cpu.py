@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from instag.core import notice
+from instag.sh import sh_coeffs, sh_degree_of
 
 CSRC = Path(__file__).parent / 'csrc'
 SOURCES = ['render_forward.cpp', 'render_backward.cpp', 'raster.cpp']
@@ -78,18 +79,12 @@ def cpu_backend_available() -> bool:
     "True when the C++ renderer is built (building it now if needed)."
     return load_extension() is not None
 
-# near plane, eps2d and the Jacobian's field-of-view clamp are shared with the reference (instag.render)
-def _constants():
-    from instag import render as R
-    return R.NEAR_PLANE, R.EPS2D, R.FOV_CLAMP
-
 class _RenderFunction(torch.autograd.Function):
     "The whole render as one autograd node: C++ forward, hand-written C++ backward."
     @staticmethod
     def forward(ctx, means, quats, scales, opacities, colors, features, means2d_leaf, viewmat, K, width, height,
-                sh_degree):
+                sh_degree, consts):
         ext = load_extension()
-        consts = _constants()
         (image, alpha, means2d, radii, splats, channels, offsets, tiles, T_final, last) = ext.forward(
             means, quats, scales, opacities, colors, features, viewmat, K, width, height, sh_degree, *consts)
         ctx.save_for_backward(means, quats, scales, opacities, colors, features, viewmat, K, splats, channels,
@@ -106,12 +101,12 @@ class _RenderFunction(torch.autograd.Function):
             means, quats, scales, opacities, colors, features, viewmat, K, ctx.sh_degree, *ctx.consts, splats,
             channels, offsets, tiles, T_final, last, grad_image.contiguous(), grad_alpha[..., 0].contiguous())
         g = [t if need else None for t, need in zip(g, ctx.needs_input_grad)]
-        return (*g, None, None, None, None, None)
+        return (*g, None, None, None, None, None, None)
 
 def render_cpu(gaussians, viewmat: Tensor, K: Tensor, width: int, height: int, sh_degree: int | None,
-               features: Tensor | None):
-    "The `cpu` backend: (rgb, alpha, depth, normal, features, means2d, radii) like `instag.render._render_torch`."
-    from instag.sh import sh_coeffs, sh_degree_of
+               features: Tensor | None, constants: tuple[float, float, float]):
+    """The `cpu` backend: (rgb, alpha, depth, normal, features, means2d, radii) like `instag.render._render_torch`.
+    `constants`: (near plane, eps2d, field-of-view clamp), passed in by `instag.render` so the two backends share them."""
     if load_extension() is None: raise RuntimeError(f'the C++ CPU renderer is not available: {_error}')
     f32 = lambda t: t.to(torch.float32).contiguous()
     means = f32(gaussians['means'])
@@ -129,7 +124,7 @@ def render_cpu(gaussians, viewmat: Tensor, K: Tensor, width: int, height: int, s
     leaf = torch.zeros(N, 2, requires_grad=True) if track else None
     image, alpha, means2d, radii = _RenderFunction.apply(
         means, f32(gaussians['quats']), f32(gaussians['scales']), f32(gaussians['opacities']), colors, feats, leaf,
-        f32(viewmat), f32(K), int(width), int(height), degree)
+        f32(viewmat), f32(K), int(width), int(height), degree, tuple(float(c) for c in constants))
     if track:  # the leaf carries the projected means; its .grad is dL/dmeans2d after backward
         with torch.no_grad(): leaf.copy_(means2d)
         means2d = leaf

@@ -20,7 +20,7 @@ COMMANDS = {
     'check-data': ('instag.data:main_check_data',             'validate a dataset folder and print what is missing'),
     'train':      ('instag.train:main_train',                 'train a person-specific head from a dataset'),
     'render':     ('instag.inference:main_render',            'render a trained head speaking any audio to an mp4 with sound'),
-    'view':       ('instag.view.viewer:main_view',            'live 3D viewer in the browser (viser)'),
+    'view':       ('instag.view.scenes:main_view',            'live 3D viewer in the browser (viser)'),
 }
 
 def _usage() -> str:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_render.ipynb #cf670722
 from __future__ import annotations
-import math
+import functools, math
 from dataclasses import dataclass
 from typing import Mapping
 import torch
@@ -279,7 +279,7 @@ def render(gaussians: Mapping[str, Tensor], # means [N,3], quats [N,4], scales [
     backend = resolve_backend(backend, means)
     if backend == 'cpu':
         from instag._render_cpu import render_cpu
-        fn = render_cpu
+        fn = functools.partial(render_cpu, constants=(NEAR_PLANE, EPS2D, FOV_CLAMP))
     else: fn = _render_gsplat if backend == 'gsplat' else _render_torch
     rgb, alpha, depth, normal, feats, means2d, radii = fn(gaussians, viewmat, K, int(width), int(height), sh_degree, features)
     if background is not None: rgb = rgb + (1 - alpha) * background.to(rgb)

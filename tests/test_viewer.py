@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from instag.camera import Camera
-from instag.view.viewer import (Viewer, ViewState, make_render_fn, camera_from_viser, viser_pose, chromium_screenshot,
-                           main_view)
-from instag.view.scenes import toy_scene, read_history, read_metrics, loss_figure, scene_from_path
+from instag.view.screenshot import chromium_screenshot
+from instag.view.viewer import (Viewer, ViewState, make_render_fn, camera_from_viser, viser_pose, read_history, read_metrics,
+                                loss_figure)
+from instag.view.scenes import toy_scene, scene_from_path, main_view
 
 FIRST_DRAW_S = 600  # the first render may compile the C++ renderer (minutes on 2 busy cores)
 

@@ -20,7 +20,7 @@ __all__ = ['N_MESH', 'N_LANDMARKS', 'MULTI_FACE_SCORE', 'MULTI_FACE_FRACTION', '
            'AU_P95_INTENSITY', 'AU_SPREAD_FLOOR', 'Track', 'mediapipe_solutions', 'track_faces', 'check_track',
            'fill_gaps', 'CropConfig', 'crop_boxes', 'to_crop', 'PoseConfig', 'similarity_fit', 'neutral_template',
            'refine_template', 'reprojection_px', 'estimate_focal', 'rotation_jitter_deg', 'smooth_rotations',
-           'HeadPose', 'fit_head_pose', 'geometry_features', 'action_units']
+           'HeadPose', 'fit_head_pose', 'posed_mesh', 'geometry_features', 'action_units']
 
 # %% ../../nbs/23b_face.ipynb #e0aa9bb2
 # the numbers of landmarks: the face mesh, and the mesh plus the irises
@@ -294,6 +294,12 @@ def fit_head_pose(landmarks: np.ndarray,  # [T, L, 3] crop pixels
     return HeadPose(smooth, raw, focal, how, template.astype(np.float32), aligned.astype(np.float32),
                     rotation_jitter_deg(raw[:, :3, :3]), rotation_jitter_deg(smooth[:, :3, :3]),
                     reprojection_px(smooth, template, lm, focal, size), curve)
+
+def posed_mesh(pose: HeadPose, i: int) -> np.ndarray:  # [468, 3] OpenCV camera frame, metres
+    "The face mesh of frame `i` (its own expression) placed by the smoothed pose."
+    w2c = pose.w2c[i]
+    return pose.aligned[i, :N_MESH].astype(np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
+
 
 # %% ../../nbs/23b_face.ipynb #fe796f8d
 # what a 95th-percentile deviation maps to on OpenFace's 0-5 scale, and the least deviation scale (eye-distance units)

@@ -17,15 +17,15 @@ from ..camera import opencv_w2c_to_opengl_c2w
 from ..config import Config
 from ..core import UserError, atomic_write_bytes, notice
 from .face import (CropConfig, PoseConfig, Track, action_units, check_track, crop_boxes, fill_gaps, fit_head_pose,
-                         mediapipe_solutions, to_crop, track_faces, N_MESH)
+                         mediapipe_solutions, posed_mesh, to_crop, track_faces, N_MESH)
 from ..layout import AU_NAMES, FPS, LABELS, SAMPLE_RATE, Metadata, write_au_csv, write_transforms
 from .masks import background_plate, composites, label_map, mesh_triangles, orient_triangles, parsing_image, render_priors
 from ..video import VideoInfo, iter_frames, probe_video
 
 # %% auto #0
 __all__ = ['OUTPUT_ENTRIES', 'TRACK_FILE', 'PrepareConfig', 'fingerprint', 'claim_output', 'prepare_audio', 'run_tracking',
-           'Geometry', 'run_geometry', 'crop_frames', 'frame_points', 'write_frame', 'write_frames', 'write_tables',
-           'prepare', 'main_prepare']
+           'Geometry', 'run_geometry', 'crop_frames', 'write_frame', 'write_frames', 'write_tables', 'prepare',
+           'main_prepare']
 
 # %% ../../nbs/23_prepare.ipynb #7136d8d5
 @dataclass
@@ -163,11 +163,6 @@ def _imwrite(path: Path, rgb: np.ndarray, quality: int = 95) -> None:
     if not ok: raise RuntimeError(f'cannot encode {path}')
     path.write_bytes(buf.tobytes())
 
-def frame_points(geo: Geometry, i: int) -> np.ndarray:  # [468, 3] OpenCV camera frame, metres
-    "The face mesh of frame `i` (its own expression) placed by the smoothed pose."
-    w2c = geo.pose.w2c[i]
-    return geo.pose.aligned[i, :N_MESH].astype(np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
-
 def write_frame(root: Path, i: int, rgb: np.ndarray, person: np.ndarray, geo: Geometry, plate: np.ndarray,
                 tris: np.ndarray, cfg: PrepareConfig) -> np.ndarray:
     "All per-frame files of frame `i`; returns its label map."
@@ -181,7 +176,7 @@ def write_frame(root: Path, i: int, rgb: np.ndarray, person: np.ndarray, geo: Ge
     _imwrite(root / 'instag' / 'masks' / f'{i}.png', labels)
     np.save(root / 'teeth_mask' / f'{i}.npy', labels == LABELS['teeth'])
     if cfg.priors:
-        depth, normal = render_priors(frame_points(geo, i), tris, geo.pose.focal, cfg.size)
+        depth, normal = render_priors(posed_mesh(geo.pose, i), tris, geo.pose.focal, cfg.size)
         np.save(root / 'instag' / 'priors' / 'depth' / f'{i}.npy', depth.astype(np.float16))
         np.save(root / 'instag' / 'priors' / 'normal' / f'{i}.npy', normal.astype(np.float16))
     return labels

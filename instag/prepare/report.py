@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..layout import AU_NAMES, FPS, LABELS, SAMPLE_RATE
+from .face import RIGID, _project, posed_mesh
+from .masks import render_priors, mesh_triangles, orient_triangles
 
 # %% auto #0
 __all__ = ['LABEL_COLORS', 'overlay_labels', 'write_report']
@@ -34,9 +36,6 @@ def write_report(path: Path, frames: list, labels: list, geo, track, mel: np.nda
     "Write the report PNG of a prepared dataset."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from instag.prepare.face import RIGID, _project
-    from instag.prepare.masks import render_priors, mesh_triangles, orient_triangles
-    from instag.prepare.pipeline import frame_points
     T, S = len(frames), frames[0].shape[0]; pick = np.linspace(0, T - 1, 4).round().astype(int)
     fig = plt.figure(figsize=(16, 19), dpi=64)
     gs = fig.add_gridspec(6, 4, height_ratios=[1, 1, 1, 0.55, 0.55, 0.55])
@@ -52,7 +51,7 @@ def write_report(path: Path, frames: list, labels: list, geo, track, mel: np.nda
         frac = {n: (labels[i] == k).mean() for n, k in LABELS.items()}
         ax.set_title(' '.join(f'{n[:5]} {100 * v:.1f}%' for n, v in frac.items() if n != 'background'), fontsize=8)
     tris = orient_triangles(mesh_triangles(), p.template[:468])
-    depth, normal = render_priors(frame_points(geo, pick[0]), tris, p.focal, S)
+    depth, normal = render_priors(posed_mesh(p, pick[0]), tris, p.focal, S)
     ax = fig.add_subplot(gs[2, 0]); ax.imshow(plate); ax.set_title('background plate (bc.jpg)'); ax.axis('off')
     ax = fig.add_subplot(gs[2, 1]); d = np.where(depth > 0, depth, np.nan)
     im = ax.imshow(d, cmap='viridis'); ax.set_title(f'depth prior, frame {pick[0]} (m)'); ax.axis('off'); fig.colorbar(im, ax=ax, fraction=0.04)

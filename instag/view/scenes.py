@@ -4,7 +4,7 @@
 
 # %% ../../nbs/60a_viewer_scenes.ipynb #39f67232
 from __future__ import annotations
-import functools, json, math
+import argparse, functools, json, math, time
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +12,12 @@ import torch
 
 from ..camera import Camera
 from ..core import UserError, notice
-from .viewer import Scene, Track
+from .viewer import Scene, Track, Viewer
 
 # %% auto #0
-__all__ = ['SH_C0', 'JAW_DROP', 'DEFORM_CACHE_FRAMES', 'X_KEYS', 'RUN_FILES', 'toy_head', 'speech_rhythm', 'loudness_rhythm',
-           'jaw_scene', 'orbit_cameras', 'toy_scene', 'dataset_cameras', 'synth_ground_truth_head', 'synth_scene',
-           'dataset_scene', 'read_history', 'read_metrics', 'loss_figure', 'trained_scene', 'run_scene',
-           'scene_from_path']
+__all__ = ['SH_C0', 'JAW_DROP', 'DEFORM_CACHE_FRAMES', 'RUN_FILES', 'toy_head', 'speech_rhythm', 'loudness_rhythm', 'jaw_scene',
+           'orbit_cameras', 'toy_scene', 'dataset_cameras', 'synth_ground_truth_head', 'synth_scene', 'dataset_scene',
+           'trained_scene', 'run_scene', 'scene_from_path', 'main_view']
 
 # %% ../../nbs/60a_viewer_scenes.ipynb #19998ef5
 SH_C0 = 0.28209479177387814  # SH degree-0 constant: rgb = 0.5 + SH_C0 * sh0
@@ -180,60 +179,6 @@ def dataset_scene(root: Path | str, audio: Path | str | None = None) -> Scene:
     return jaw_scene(canonical, weights, openings, dataset_cameras(root), files, name=root.name)
 
 # %% ../../nbs/60a_viewer_scenes.ipynb #da4b0be6
-X_KEYS = ('step', 'iter', 'iteration', 'epoch')
-
-def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-def _records(run_dir: Path) -> list[dict]:
-    if (run_dir / 'losses.json').exists():  # instag train: [stage, step, loss, psnr, seconds] per step
-        rows, out, offset, last = json.loads((run_dir / 'losses.json').read_text()), [], 0, None
-        for stage, step, loss, psnr, seconds in rows:
-            if last is not None and stage != last: offset = out[-1]['step']
-            out.append(dict(step=offset + step, loss=loss, psnr=psnr)); last = stage
-        return out
-    if (run_dir / 'metrics.jsonl').exists():
-        out = []
-        for line in (run_dir / 'metrics.jsonl').read_text().splitlines():
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError: pass  # a line being written while we read
-        return out
-    if (run_dir / 'history.json').exists():
-        h = json.loads((run_dir / 'history.json').read_text())
-        return h if isinstance(h, list) else [dict(zip(h, vals)) for vals in zip(*h.values())]
-    return []
-
-def read_history(run_dir: Path | str) -> dict[str, list]:
-    "Loss curves of a run as columns `{x: [...], x_name: str, name: [...]}` (gaps as None); {} when it has none."
-    records = [r for r in _records(Path(run_dir)) if isinstance(r, dict)]
-    if not records: return {}
-    x = next((k for k in X_KEYS if any(k in r for r in records)), None)
-    names = [k for k in dict.fromkeys(k for r in records for k in r) if k != x and any(_number(r.get(k)) for r in records)]
-    cols = {'x': [r.get(x, i) for i, r in enumerate(records)], 'x_name': x or 'record'}
-    for n in names: cols[n] = [r.get(n) if _number(r.get(n)) else None for r in records]
-    return cols
-
-def read_metrics(run_dir: Path | str) -> dict[str, float]:
-    "The numbers of a run's `metrics.json`; {} when absent."
-    p = Path(run_dir) / 'metrics.json'
-    if not p.exists(): return {}
-    return {k: float(v) for k, v in json.loads(p.read_text()).items() if _number(v)}
-
-def loss_figure(history: dict):
-    "A plotly figure of a run's curves: losses (names containing 'loss') on a log axis, the rest below them."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    names = [n for n in history if n not in ('x', 'x_name')]
-    losses = [n for n in names if 'loss' in n.lower()]; others = [n for n in names if n not in losses]
-    rows = 1 + bool(others and losses)
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08)
-    for n in names:
-        fig.add_trace(go.Scatter(x=history['x'], y=history[n], name=n, mode='lines', connectgaps=True),
-                      row=2 if (rows == 2 and n in others) else 1, col=1)
-    if losses: fig.update_yaxes(type='log', row=1, col=1)
-    fig.update_xaxes(title_text=history['x_name'], row=rows, col=1)
-    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation='h'), height=320 * rows)
-    return fig
-
 def trained_scene(run_dir: Path | str, audio: Path | str | None = None) -> Scene:
     "A finished training run's head (`instag.inference.load_run`), moved by its motion fields."
     from instag.inference import load_run
@@ -293,3 +238,25 @@ def scene_from_path(path: str | Path, audio: Path | str | None = None) -> Scene:
     if (path / 'metadata.json').exists() or (path / 'transforms_train.json').exists(): return dataset_scene(path, audio)
     raise UserError(f'{path} is neither a run ({", ".join(RUN_FILES)}) nor a dataset (metadata.json, '
                     "transforms_train.json): give one of those, or 'toy'")
+
+# %% ../../nbs/60a_viewer_scenes.ipynb #142df013
+def main_view(argv: list[str]) -> int:
+    "`instag view RUN_OR_DATASET [--audio speech.wav] [--port 8080] [--host 127.0.0.1]`: serve the viewer until Ctrl-C."
+    p = argparse.ArgumentParser(prog='instag view', description='Live 3D viewer of a head in the browser (viser).')
+    p.add_argument('path', help="a run directory, a dataset folder, or 'toy' (the procedural head)")
+    p.add_argument('--audio', type=Path, default=None, help='an extra audio track to drive the head')
+    p.add_argument('--port', type=int, default=8080, help='port to serve on (the next free one if busy; 0: any)')
+    p.add_argument('--host', default='127.0.0.1', help="address to bind; '0.0.0.0' exposes the viewer on the network")
+    p.add_argument('--size', type=int, default=256, help='long side in pixels of server-side renders')
+    p.add_argument('--seconds', type=float, default=None, help='stop after this many seconds (default: until Ctrl-C)')
+    args = p.parse_args(argv)
+    scene = scene_from_path(args.path, args.audio)
+    viewer = Viewer(scene, host=args.host, port=args.port, size=args.size)
+    host = 'localhost' if args.host in ('127.0.0.1', 'localhost') else args.host
+    print(f'instag view: {scene.name} at http://{host}:{viewer.port} (Ctrl-C to stop)', flush=True)
+    try:
+        end = time.monotonic() + args.seconds if args.seconds is not None else math.inf
+        while time.monotonic() < end: time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+    except KeyboardInterrupt: pass
+    finally: viewer.stop()
+    return 0

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/60_viewer.ipynb #e643b032
 from __future__ import annotations
-import argparse, contextlib, io, math, shutil, subprocess, tempfile, threading, time
+import contextlib, io, json, math, threading, time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 
 from ..camera import Camera, look_at, intrinsics
-from ..core import UserError, notice
+from ..core import notice
 from ..render import render
 
 # %% auto #0
-__all__ = ['Gaussians', 'COLOR_MODES', 'BRANCH_COLORS', 'BRANCH_ORDER', 'MAX_FRUSTUMS', 'CHROMIUM_FLAGS', 'Track', 'Scene',
-           'ViewState', 'deformation_scale', 'colored', 'make_render_fn', 'camera_from_viser', 'viser_pose',
-           'splat_arrays', 'Viewer', 'chromium_screenshot', 'main_view']
+__all__ = ['Gaussians', 'COLOR_MODES', 'BRANCH_COLORS', 'BRANCH_ORDER', 'X_KEYS', 'MAX_FRUSTUMS', 'Track', 'Scene', 'ViewState',
+           'deformation_scale', 'colored', 'make_render_fn', 'camera_from_viser', 'viser_pose', 'splat_arrays',
+           'read_history', 'read_metrics', 'loss_figure', 'Viewer']
 
 # %% ../../nbs/60_viewer.ipynb #09709f69
 Gaussians = Mapping[str, Tensor]  # means [N,3], quats [N,4] wxyz, scales [N,3] log, opacities [N] logit, sh0 [N,1,3], shN
@@ -144,6 +144,62 @@ def splat_arrays(gaussians: Gaussians, colors: Tensor | None = None) -> dict:
     return dict(centers=f32(gaussians['means']), covariances=f32(M @ M.transpose(1, 2)), rgbs=f32(rgb.clamp(0, 1)),
                 opacities=f32(torch.sigmoid(gaussians['opacities'].float())[:, None]))
 
+# %% ../../nbs/60_viewer.ipynb #f60926a1
+X_KEYS = ('step', 'iter', 'iteration', 'epoch')
+
+def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _records(run_dir: Path) -> list[dict]:
+    if (run_dir / 'losses.json').exists():  # instag train: [stage, step, loss, psnr, seconds] per step
+        rows, out, offset, last = json.loads((run_dir / 'losses.json').read_text()), [], 0, None
+        for stage, step, loss, psnr, seconds in rows:
+            if last is not None and stage != last: offset = out[-1]['step']
+            out.append(dict(step=offset + step, loss=loss, psnr=psnr)); last = stage
+        return out
+    if (run_dir / 'metrics.jsonl').exists():
+        out = []
+        for line in (run_dir / 'metrics.jsonl').read_text().splitlines():
+            try: out.append(json.loads(line))
+            except json.JSONDecodeError: pass  # a line being written while we read
+        return out
+    if (run_dir / 'history.json').exists():
+        h = json.loads((run_dir / 'history.json').read_text())
+        return h if isinstance(h, list) else [dict(zip(h, vals)) for vals in zip(*h.values())]
+    return []
+
+def read_history(run_dir: Path | str) -> dict[str, list]:
+    "Loss curves of a run as columns `{x: [...], x_name: str, name: [...]}` (gaps as None); {} when it has none."
+    records = [r for r in _records(Path(run_dir)) if isinstance(r, dict)]
+    if not records: return {}
+    x = next((k for k in X_KEYS if any(k in r for r in records)), None)
+    names = [k for k in dict.fromkeys(k for r in records for k in r) if k != x and any(_number(r.get(k)) for r in records)]
+    cols = {'x': [r.get(x, i) for i, r in enumerate(records)], 'x_name': x or 'record'}
+    for n in names: cols[n] = [r.get(n) if _number(r.get(n)) else None for r in records]
+    return cols
+
+def read_metrics(run_dir: Path | str) -> dict[str, float]:
+    "The numbers of a run's `metrics.json`; {} when absent."
+    p = Path(run_dir) / 'metrics.json'
+    if not p.exists(): return {}
+    return {k: float(v) for k, v in json.loads(p.read_text()).items() if _number(v)}
+
+def loss_figure(history: dict):
+    "A plotly figure of a run's curves: losses (names containing 'loss') on a log axis, the rest below them."
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    names = [n for n in history if n not in ('x', 'x_name')]
+    losses = [n for n in names if 'loss' in n.lower()]; others = [n for n in names if n not in losses]
+    rows = 1 + bool(others and losses)
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    for n in names:
+        fig.add_trace(go.Scatter(x=history['x'], y=history[n], name=n, mode='lines', connectgaps=True),
+                      row=2 if (rows == 2 and n in others) else 1, col=1)
+    if losses: fig.update_yaxes(type='log', row=1, col=1)
+    fig.update_xaxes(title_text=history['x_name'], row=rows, col=1)
+    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation='h'), height=320 * rows)
+    return fig
+
+
 # %% ../../nbs/60_viewer.ipynb #b1ebe530
 MAX_FRUSTUMS = 24  # training cameras drawn (evenly spaced): a clip's cameras crowd one spot
 
@@ -240,7 +296,6 @@ class Viewer:
         if scene.run_dir is not None: self._add_run_panel()
 
     def _add_run_panel(self) -> None:
-        from instag.view.scenes import read_history, read_metrics, loss_figure
         history, metrics = read_history(self.scene.run_dir), read_metrics(self.scene.run_dir)
         with self.server.gui.add_folder('Run'):
             self.server.gui.add_markdown(f'`{self.scene.run_dir.name}`')
@@ -348,77 +403,3 @@ class Viewer:
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.stop()
-
-# %% ../../nbs/60_viewer.ipynb #6bb007f3
-CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-                  '--disable-component-update', '--disable-sync', '--no-first-run', '--hide-scrollbars')
-
-def _devtools(proc, timeout: float) -> str:
-    "The DevTools websocket port Chromium announces on stderr."
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        line = proc.stderr.readline()
-        if 'DevTools listening on ws://' in line: return line.split('ws://')[1].split('/')[0]
-        if not line and proc.poll() is not None: break
-    raise RuntimeError('chromium did not start its DevTools endpoint')
-
-def chromium_screenshot(url: str, path: Path | str, width: int = 1100, height: int = 700,
-                        ready: Callable[[], bool] | None = None,  # polled after loading; the shot follows when true
-                        settle_s: float = 6.0,  # seconds for the page to draw what arrived (the canvas fades in)
-                        timeout: float = 120) -> Path:
-    "PNG screenshot of `url` by headless Chromium (fresh profile, DevTools protocol); UserError without Chromium."
-    import base64, json, urllib.request
-    from websockets.sync.client import connect
-    exe = shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
-    if exe is None: raise UserError('chromium is not installed: apt-get install -y chromium')
-    path = Path(path).resolve(); path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix='instag-chromium-') as profile:
-        proc = subprocess.Popen([exe, *CHROMIUM_FLAGS, f'--user-data-dir={profile}', f'--window-size={width},{height}',
-                                 '--remote-debugging-port=0', 'about:blank'],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            host = _devtools(proc, timeout)
-            pages = json.loads(urllib.request.urlopen(f'http://{host}/json/list', timeout=10).read())
-            target = next(p['webSocketDebuggerUrl'] for p in pages if p.get('type') == 'page')
-            with connect(target, max_size=2**26, open_timeout=timeout) as ws:
-                ids = iter(range(1, 1 << 30))
-                def call(method, **params):
-                    i = next(ids); ws.send(json.dumps(dict(id=i, method=method, params=params)))
-                    while True:
-                        msg = json.loads(ws.recv(timeout=timeout))
-                        if msg.get('id') == i: return msg.get('result', {})
-                call('Emulation.setDeviceMetricsOverride', width=width, height=height, deviceScaleFactor=1, mobile=False)
-                call('Page.navigate', url=url)
-                end = time.monotonic() + timeout
-                while ready is not None and not ready() and time.monotonic() < end: time.sleep(0.1)
-                time.sleep(settle_s)
-                data = call('Page.captureScreenshot', format='png')['data']
-                path.write_bytes(base64.b64decode(data))
-        finally:
-            proc.terminate()
-            try: proc.wait(10)
-            except subprocess.TimeoutExpired: proc.kill(); proc.wait()
-    return path
-
-# %% ../../nbs/60_viewer.ipynb #142df013
-def main_view(argv: list[str]) -> int:
-    "`instag view RUN_OR_DATASET [--audio speech.wav] [--port 8080] [--host 127.0.0.1]`: serve the viewer until Ctrl-C."
-    p = argparse.ArgumentParser(prog='instag view', description='Live 3D viewer of a head in the browser (viser).')
-    p.add_argument('path', help="a run directory, a dataset folder, or 'toy' (the procedural head)")
-    p.add_argument('--audio', type=Path, default=None, help='an extra audio track to drive the head')
-    p.add_argument('--port', type=int, default=8080, help='port to serve on (the next free one if busy; 0: any)')
-    p.add_argument('--host', default='127.0.0.1', help="address to bind; '0.0.0.0' exposes the viewer on the network")
-    p.add_argument('--size', type=int, default=256, help='long side in pixels of server-side renders')
-    p.add_argument('--seconds', type=float, default=None, help='stop after this many seconds (default: until Ctrl-C)')
-    args = p.parse_args(argv)
-    from instag.view.scenes import scene_from_path
-    scene = scene_from_path(args.path, args.audio)
-    viewer = Viewer(scene, host=args.host, port=args.port, size=args.size)
-    host = 'localhost' if args.host in ('127.0.0.1', 'localhost') else args.host
-    print(f'instag view: {scene.name} at http://{host}:{viewer.port} (Ctrl-C to stop)', flush=True)
-    try:
-        end = time.monotonic() + args.seconds if args.seconds is not None else math.inf
-        while time.monotonic() < end: time.sleep(min(0.5, max(0.0, end - time.monotonic())))
-    except KeyboardInterrupt: pass
-    finally: viewer.stop()
-    return 0
