@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Config
+from .render import quat_to_rotmat
+from .sh import SH_C0
 
 # %% auto #0
-__all__ = ['SH_C0', 'sh_rest', 'knn_mean_sq_dist', 'init_random', 'GaussianLR', 'make_optimizers', 'means_lr', 'update_means_lr',
-           'duplicate', 'quat_to_rotmat', 'split', 'remove', 'reset_opacity', 'DensifyStrategy']
+__all__ = ['sh_rest', 'knn_mean_sq_dist', 'init_random', 'GaussianLR', 'make_optimizers', 'means_lr', 'update_means_lr',
+           'duplicate', 'split', 'remove', 'reset_opacity', 'DensifyStrategy']
 
 # %% ../nbs/40_gaussians.ipynb #4ddc700a
-SH_C0 = 0.28209479177387814  # zeroth SH band constant: colour = SH_C0 * sh0 + 0.5
-
 def sh_rest(sh_degree: int) -> int:
     "Number of SH coefficients above band 0 (K in `shN [N, K, 3]`): 0, 3, 8 or 15."
     return (sh_degree + 1) ** 2 - 1
@@ -134,14 +134,6 @@ def duplicate(params: nn.ParameterDict, optimizers: dict, state: dict,
     _update(params, optimizers, lambda _, p: torch.cat([p, p[sel]]),
             lambda _, v: torch.cat([v, v.new_zeros((len(sel), *v.shape[1:]))]))
     _update_state(state, lambda v: torch.cat([v, v[sel]]))
-
-@torch.no_grad()
-def quat_to_rotmat(quats: Tensor) -> Tensor:  # [N, 4] wxyz -> [N, 3, 3]
-    "Rotation matrices of (normalised) wxyz quaternions."
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).view(-1, 3, 3)
 
 @torch.no_grad()
 def split(params: nn.ParameterDict, optimizers: dict, state: dict,

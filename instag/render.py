@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
-from .sh import eval_sh, sh_coeffs
+from .sh import SH_C0, eval_sh, sh_coeffs
 
 # %% auto #0
 __all__ = ['TILE_SIZE', 'NEAR_PLANE', 'EPS2D', 'ALPHA_MIN', 'ALPHA_MAX', 'T_MIN', 'FOV_CLAMP', 'CHUNK_ELEMENTS', 'BACKENDS',
@@ -240,7 +240,7 @@ def head_gaussians(n: int,               # number of Gaussians
     K = (sh_degree + 1) ** 2 - 1
     return dict(means=means, quats=_quat_from_z(normals), scales=scales,
                 opacities=torch.full((n,), 3.0) + 0.5 * torch.randn(n, generator=g),
-                sh0=((rgb.clamp(0, 1) - 0.5) / 0.28209479177387814)[:, None],
+                sh0=((rgb.clamp(0, 1) - 0.5) / SH_C0)[:, None],
                 shN=0.05 * torch.randn(n, K, 3, generator=g))
 
 # %% ../nbs/10_render.ipynb #6caac8ab

@@ -20,6 +20,7 @@ from ..config import Config
 from ..core import UserError, DATA_DIR, atomic_write_bytes
 from ..layout import (Metadata, write_transforms, write_au_csv, LABELS, PARSING_COLORS, AU_NAMES, FPS, SAMPLE_RATE)
 from ..render import render
+from ..video import Mp4Writer
 from .speech import (Timeline, Voice, MouthStyle, random_voice, random_style, random_timeline,
                                 synthesize_speech, viseme_tracks, vowel_energy)
 from .head import Head, HeadShape, random_shape, build_head, pose_head, NECK_PIVOT, head_rotvec
@@ -27,7 +28,7 @@ from .head import Head, HeadShape, random_shape, build_head, pose_head, NECK_PIV
 # %% auto #0
 __all__ = ['CAMERA', 'FOREGROUND_ALPHA', 'PARSING_REGION', 'PARSING_LUT', 'SynthConfig', 'expression_tracks', 'head_pose_track',
            'world_camera', 'head_c2w', 'background_plate', 'Identity', 'identity_rng', 'make_identity', 'FrameRender',
-           'render_raw', 'finish_frame', 'render_frame', 'render_torso_layer', 'save_npz', 'write_frame', 'VideoWriter',
+           'render_raw', 'finish_frame', 'render_frame', 'render_torso_layer', 'save_npz', 'write_frame',
            'identity_scene', 'write_identity', 'synthesize', 'main_synth', 'contact_sheet']
 
 # %% ../../nbs/32_synth.ipynb #5d647bae
@@ -235,35 +236,6 @@ def write_frame(root: Path, i: int, fr: FrameRender, plate: np.ndarray, torso_pn
     np.save(root / 'instag' / 'priors' / 'normal' / f'{i}.npy', fr.normal)
     return img
 
-class VideoWriter:
-    "h264 + aac mp4 writer (PyAV); frames are encoded in the order `write` is called."
-    def __init__(self, path: Path, size: int, fps: int):
-        import av
-        self.container = av.open(str(path), 'w')
-        self.video = self.container.add_stream('libx264', rate=fps)
-        self.video.width = self.video.height = size; self.video.pix_fmt = 'yuv420p'
-        self.video.options = {'crf': '18', 'preset': 'veryfast'}
-        self.audio = self.container.add_stream('aac', rate=SAMPLE_RATE, layout='mono')
-        self.n = 0
-
-    def write(self, img: np.ndarray) -> None:
-        import av
-        f = av.VideoFrame.from_ndarray(img, format='rgb24'); f.pts = self.n; self.n += 1
-        for p in self.video.encode(f): self.container.mux(p)
-
-    def close(self, wav: np.ndarray,  # [S] float32 at SAMPLE_RATE
-              ) -> None:
-        "Flush the video, encode the audio track, finish the file."
-        import av
-        for p in self.video.encode(): self.container.mux(p)
-        audio, sample_rate = self.audio, SAMPLE_RATE
-        for s in range(0, len(wav), 1024):
-            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav[None, s:s + 1024], np.float32), format='flt', layout='mono')
-            fr.sample_rate, fr.pts = sample_rate, s
-            for p in audio.encode(fr): self.container.mux(p)
-        for p in audio.encode(): self.container.mux(p)
-        self.container.close()
-
 # %% ../../nbs/32_synth.ipynb #0472e99e
 def _split(T: int, fps: int, val_fraction: float, min_val_seconds: float) -> int:
     "Number of training frames: the tail (`val_fraction`, at least `min_val_seconds` when the clip allows) is held out."
@@ -330,7 +302,7 @@ def write_identity(ident: Identity, root: Path | str, cfg: SynthConfig, progress
     V, K, focal = world_camera(size)
     m = ident.motion
     torso_png = _png(render_torso_layer(head, V, K, size, cfg.backend))
-    video = VideoWriter(root / 'synth.mp4', size, cfg.fps) if cfg.video else None
+    video = Mp4Writer(root / 'synth.mp4', size, size, cfg.fps, ident.wav, SAMPLE_RATE, crf=18) if cfg.video else None
     pending = []
     with ThreadPoolExecutor(max(cfg.workers, 1)) as pool, ThreadPoolExecutor(1) as encoder:
         for i in tqdm(range(T), desc=f'synth {ident.name}', disable=not progress, leave=False):
@@ -347,7 +319,7 @@ def write_identity(ident: Identity, root: Path | str, cfg: SynthConfig, progress
     c2w = head_c2w(V, m['pose'])
     n_train = _split(T, cfg.fps, cfg.val_fraction, cfg.min_val_seconds)
     mel_shape = _whole_clip_files(root, ident, c2w, focal, size, n_train, plate)
-    if video: video.close(ident.wav)
+    if video: video.close()
     meta = Metadata(fps=cfg.fps, width=size, height=size, frames=T, source='synthetic',
                     audio_features={'mel': asdict(audio_feature_info(mel_shape[0]))},
                     tools={'instag': __version__, 'torch': torch.__version__.split('+')[0]},

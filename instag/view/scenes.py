@@ -12,16 +12,15 @@ import torch
 
 from ..camera import Camera
 from ..core import UserError, notice
+from ..sh import SH_C0
 from .viewer import Scene, Track, Viewer
 
 # %% auto #0
-__all__ = ['SH_C0', 'JAW_DROP', 'DEFORM_CACHE_FRAMES', 'RUN_FILES', 'toy_head', 'speech_rhythm', 'loudness_rhythm', 'jaw_scene',
+__all__ = ['JAW_DROP', 'DEFORM_CACHE_FRAMES', 'RUN_FILES', 'toy_head', 'speech_rhythm', 'loudness_rhythm', 'jaw_scene',
            'orbit_cameras', 'toy_scene', 'dataset_cameras', 'synth_ground_truth_head', 'synth_scene', 'dataset_scene',
            'trained_scene', 'run_scene', 'scene_from_path', 'main_view']
 
 # %% ../../nbs/60a_viewer_scenes.ipynb #19998ef5
-SH_C0 = 0.28209479177387814  # SH degree-0 constant: rgb = 0.5 + SH_C0 * sh0
-
 def _branch(means, colors, scale, opacity=4.0) -> dict:
     N = len(means)
     return dict(means=means.float(), quats=torch.tensor([1.0, 0, 0, 0]).repeat(N, 1),

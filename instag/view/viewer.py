@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ..camera import Camera, look_at, intrinsics
 from ..core import notice
-from ..render import render
+from ..render import quat_to_rotmat, render
+from ..sh import SH_C0
 
 # %% auto #0
 __all__ = ['Gaussians', 'COLOR_MODES', 'BRANCH_COLORS', 'BRANCH_ORDER', 'X_KEYS', 'MAX_FRUSTUMS', 'Track', 'Scene', 'ViewState',
@@ -136,10 +137,9 @@ def viser_pose(camera: Camera) -> tuple[np.ndarray, np.ndarray, float, float]:
 
 def splat_arrays(gaussians: Gaussians, colors: Tensor | None = None) -> dict:
     "viser `add_gaussian_splats` arguments (centers, covariances, rgbs, opacities) from gsplat-spelled Gaussians."
-    from instag.render import quat_to_rotmat
     R = quat_to_rotmat(gaussians['quats'].float())
     M = R * torch.exp(gaussians['scales'].float())[:, None, :]
-    rgb = colors if colors is not None else gaussians.get('colors', 0.5 + 0.28209479177387814 * gaussians['sh0'][:, 0])
+    rgb = colors if colors is not None else gaussians.get('colors', 0.5 + SH_C0 * gaussians['sh0'][:, 0])
     f32 = lambda t: np.ascontiguousarray(t.detach().float().numpy(), dtype=np.float32)
     return dict(centers=f32(gaussians['means']), covariances=f32(M @ M.transpose(1, 2)), rgbs=f32(rgb.clamp(0, 1)),
                 opacities=f32(torch.sigmoid(gaussians['opacities'].float())[:, None]))
