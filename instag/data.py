@@ -118,6 +118,14 @@ class Frame:
     @property
     def torso_mask(self) -> Tensor: return _isin(self.labels, (LABELS['neck'], LABELS['torso']))  # [H, W] bool
 
+    def to(self, device) -> 'Frame':
+        "The frame (its tensors and camera) on `device`; the same object on the CPU."
+        device = torch.device(device)
+        if device.type == 'cpu': return self
+        move = lambda v: v.to(device) if isinstance(v, Tensor) else v
+        cam = Camera(self.camera.viewmat.to(device), self.camera.K.to(device), self.camera.width, self.camera.height)
+        return Frame(**{k: move(v) for k, v in vars(self).items() if k != 'camera'}, camera=cam)
+
 @dataclass
 class FrameBatch:
     "Frames stacked along a leading batch dimension B."

@@ -4,7 +4,7 @@ import torch
 from torch.testing import assert_close
 
 from instag.grid import TriPlaneConfig, mouth_grid_config
-from instag.motion import (AudioAttNet, AudioNet, Deformation, MotionField, apply_deformation, audio_window,
+from instag.motion import (AudioAttNet, AudioNet, Deformation, MotionField, apply_deformation,
                            face_motion_config, mouth_motion_config)
 
 
@@ -33,13 +33,6 @@ def test_audio_nets():
     code = torch.randn(1, 1, 32).expand(2, 8, 32)  # the same code in every frame: attention returns it
     assert_close(att(code), code[:, 0])
     assert [m.out_channels for m in att.conv if isinstance(m, torch.nn.Conv1d)] == [16, 8, 4, 2, 1]
-
-
-def test_audio_window_pads_both_ends():
-    feats = torch.arange(1., 11.).view(10, 1, 1).expand(10, 16, 4)
-    assert audio_window(feats, 0)[:, 0, 0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4]
-    assert audio_window(feats, 9)[:, 0, 0].tolist() == [6, 7, 8, 9, 10, 0, 0, 0]
-    assert audio_window(feats, 5, pad=-1.)[:, 0, 0].tolist() == [2, 3, 4, 5, 6, 7, 8, 9]
 
 
 def test_face_field_shapes_and_layers(face):
@@ -153,29 +146,38 @@ def test_universal_personal_aligner_compose_without_editing(face):
 
 
 @pytest.mark.parametrize('name', ['face', 'mouth'])
-def test_cached_inference_path_matches_forward(name):
-    "`Branch.deform` without grad (H(mu) share of the first layer cached) equals the motion field's forward."
-    from instag.talking_head import Conditions, SynthesizerConfig, TalkingHead
+@pytest.mark.parametrize('parts', ['universal', 'composed'])
+def test_cached_inference_path_matches_forward(name, parts):
+    "Without grad, `Branch.deformation` reads each field's `MotionCache`: equal to the fields' forward, for any composition."
+    from instag.talking_head import Conditions, SynthesizerConfig, TalkingHead, face_branch_config, mouth_branch_config
     torch.manual_seed(0)
-    head = TalkingHead(SynthesizerConfig(), seed=0)
+    extra = dict(personal_hidden=16, aligner_hidden=16) if parts == 'composed' else {}
+    head = TalkingHead(SynthesizerConfig(face=face_branch_config(**extra), mouth=mouth_branch_config(**extra)), seed=0)
     branch = head.branch(name)
-    with torch.no_grad():  # a field with real structure: grid features and weights far from their tiny init
-        for p in branch.motion.parameters(): p.copy_(torch.randn_like(p) * 0.3)
+    with torch.no_grad():  # fields with real structure: grid features and weights far from their tiny init
+        for p in branch.parameters():
+            if p is not branch.gaussians['means']: p.copy_(torch.randn_like(p) * 0.3)
     g = torch.Generator().manual_seed(1)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.detach().abs().max()))
     for hook in (None, torch.randn(3, generator=g)):
-        cond = Conditions(torch.randn(8, 16, 80, generator=g), torch.rand(6, generator=g) * 2, hook)
-        slow = branch.deformation(cond)
-        with torch.no_grad(): fast = branch.deform(cond)[1]
+        cond = Conditions(torch.randn(8, 16, 80, generator=g), torch.rand(6, generator=g) * 2)
+        slow = branch.deformation(cond, hook)
+        with torch.no_grad(): fast = branch.deform(cond, hook)[1]
         assert float(slow.d_means.detach().abs().max()) > 1e-3   # not a comparison of zeros
         # float32 sums in another order (one matmul over [H | C] vs its split): tolerances relative to the scale
-        close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.detach().abs().max()))
         close(fast.d_means, slow.d_means)
         if name == 'face': close(fast.d_quats, slow.d_quats); close(fast.d_scales, slow.d_scales)
         close(fast.audio_code, slow.audio_code)   # the code the lip probe reads, the same on both paths
+    if name == 'mouth':  # the hook reaches the mouth field on both paths
+        with torch.no_grad(): assert not torch.allclose(branch.deformation(cond, None).d_means, fast.d_means)
     # the cache follows training: a changed weight changes the next inference
-    with torch.no_grad(): branch.motion.deform_net.layers[0].weight.mul_(2)
-    with torch.no_grad(): again = branch.deform(cond)[1]
-    close(again.d_means, branch.deformation(cond).d_means)
+    with torch.no_grad(): branch.universal.deform_net.layers[0].weight.mul_(2)
+    with torch.no_grad(): again = branch.deform(cond, hook)[1]
+    close(again.d_means, branch.deformation(cond, hook).d_means)
+    if parts == 'composed':  # and so does a changed aligner
+        with torch.no_grad(): branch.aligner.net.layers[0].weight.mul_(-1)
+        with torch.no_grad(): again = branch.deform(cond, hook)[1]
+        close(again.d_means, branch.deformation(cond, hook).d_means)
 
 
 @pytest.mark.parametrize('cin,cout,k,s,p,L', [(80, 32, 3, 2, 1, 16), (32, 16, 3, 1, 1, 8), (5, 7, 4, 3, 2, 11)])
