@@ -4,6 +4,8 @@
 
 # %% ../../nbs/23b_face.ipynb #afa9e9d9
 from __future__ import annotations
+import os, re, sys, tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +18,46 @@ from ..core import UserError
 from ..layout import AU_NAMES, FPS
 
 # %% auto #0
-__all__ = ['N_MESH', 'N_LANDMARKS', 'MULTI_FACE_SCORE', 'MULTI_FACE_FRACTION', 'MAX_GAP_S', 'RIGID', 'EYE_OUTER', 'EYE_DISTANCE',
-           'AU_P95_INTENSITY', 'AU_SPREAD_FLOOR', 'Track', 'mediapipe_solutions', 'track_faces', 'check_track',
-           'fill_gaps', 'CropConfig', 'crop_boxes', 'to_crop', 'PoseConfig', 'similarity_fit', 'neutral_template',
-           'refine_template', 'reprojection_px', 'estimate_focal', 'rotation_jitter_deg', 'smooth_rotations',
-           'HeadPose', 'fit_head_pose', 'posed_mesh', 'geometry_features', 'action_units']
+__all__ = ['NATIVE_NOISE', 'N_MESH', 'N_LANDMARKS', 'MULTI_FACE_SCORE', 'MULTI_FACE_FRACTION', 'MAX_GAP_S', 'RIGID', 'EYE_OUTER',
+           'EYE_DISTANCE', 'AU_P95_INTENSITY', 'AU_SPREAD_FLOOR', 'quiet_native_logs', 'Track', 'mediapipe_solutions',
+           'track_faces', 'check_track', 'fill_gaps', 'CropConfig', 'crop_boxes', 'to_crop', 'PoseConfig',
+           'similarity_fit', 'neutral_template', 'refine_template', 'reprojection_px', 'estimate_focal',
+           'rotation_jitter_deg', 'smooth_rotations', 'HeadPose', 'fit_head_pose', 'posed_mesh', 'geometry_features',
+           'action_units']
+
+# %% ../../nbs/23b_face.ipynb #0459685d
+# MediaPipe's C++ (TensorFlow Lite, absl, glog) logs info to file descriptor 2; these levels drop most of it at the source
+os.environ.setdefault('GLOG_minloglevel', '2'); os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+# lines of that log that say nothing a user can act on: glog/absl info and warnings, the TFLite delegate banner
+NATIVE_NOISE = re.compile(r'^(?:[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] '
+                          r'|INFO: Created TensorFlow Lite XNNPACK delegate'
+                          r'|WARNING: All log messages before absl::InitializeLog\(\) is called'
+                          r'|.*Feedback manager requires a model with a single signature)')
+
+@contextmanager
+def quiet_native_logs():
+    "Send what C++ writes to file descriptor 2 to a temp file; afterwards replay the lines that are not `NATIVE_NOISE`."
+    kept = []  # the replayed lines, for whoever wants them
+    try: saved = os.dup(2)
+    except OSError: yield kept; return  # no fd 2 (a detached process): nothing reaches a terminal anyway
+    old = sys.stderr
+    try: python_on_fd2 = old is not None and old.fileno() == 2
+    except (AttributeError, OSError, ValueError): python_on_fd2 = False  # Jupyter: sys.stderr is not fd 2
+    with tempfile.TemporaryFile() as capture:
+        if old is not None: old.flush()
+        os.dup2(capture.fileno(), 2)
+        # Python's own stderr (progress bars, notices, warnings) keeps going to the terminal
+        if python_on_fd2: sys.stderr = open(saved, 'w', buffering=1, closefd=False, errors='backslashreplace')
+        try: yield kept
+        finally:
+            if python_on_fd2: sys.stderr.flush(); sys.stderr = old
+            os.dup2(saved, 2); os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors='replace').splitlines()
+            kept += [l for l in lines if l.strip() and not NATIVE_NOISE.match(l)]
+            if kept and old is not None: print('\n'.join(kept), file=old, flush=True)
+
 
 # %% ../../nbs/23b_face.ipynb #e0aa9bb2
 # the numbers of landmarks: the face mesh, and the mesh plus the irises
@@ -44,7 +81,7 @@ def _mesh_points(face, w: int, h: int, scale: float) -> np.ndarray:  # -> [478, 
 def mediapipe_solutions():
     "`mediapipe.solutions`, or a `UserError` that says how to get the version that ships its models."
     try:
-        import mediapipe as mp
+        with quiet_native_logs(): import mediapipe as mp
         return mp.solutions
     except (ImportError, AttributeError):
         raise UserError('instag prepare needs mediapipe 0.10.21 (its legacy solutions ship the face models; it has wheels for '
@@ -58,19 +95,20 @@ def track_faces(frames,  # iterable of (i, rgb uint8 [H, W, 3]) at the analysis 
     solutions = mediapipe_solutions()
     from tqdm.auto import tqdm
     lms = np.zeros((n, N_LANDMARKS, 3), np.float32); found = np.zeros(n, bool); faces = []
-    mesh = solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
-                                           min_detection_confidence=0.5, min_tracking_confidence=0.5)
-    detector = solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=MULTI_FACE_SCORE)
-    with mesh, detector:
-        for i, img in tqdm(frames, total=n, desc='landmarks', disable=not progress, leave=False):
-            h, w = img.shape[:2]; scale = w / width
-            res = mesh.process(img)
-            if i == 0 and res.multi_face_landmarks: res = mesh.process(img)  # the first, detector-seeded mesh is rough
-            if res.multi_face_landmarks:
-                lms[i] = _mesh_points(res.multi_face_landmarks[0], w, h, scale); found[i] = True
-            if i % detect_every == 0:
-                det = detector.process(img)
-                faces.append((i, len(det.detections or [])))
+    with quiet_native_logs():
+        mesh = solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                                               min_detection_confidence=0.5, min_tracking_confidence=0.5)
+        detector = solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=MULTI_FACE_SCORE)
+        with mesh, detector:
+            for i, img in tqdm(frames, total=n, desc='landmarks', disable=not progress, leave=False):
+                h, w = img.shape[:2]; scale = w / width
+                res = mesh.process(img)
+                if i == 0 and res.multi_face_landmarks: res = mesh.process(img)  # the first, detector-seeded mesh is rough
+                if res.multi_face_landmarks:
+                    lms[i] = _mesh_points(res.multi_face_landmarks[0], w, h, scale); found[i] = True
+                if i % detect_every == 0:
+                    det = detector.process(img)
+                    faces.append((i, len(det.detections or [])))
     return Track(lms, found, np.array(faces, np.int64).reshape(-1, 2), width, height)
 
 # %% ../../nbs/23b_face.ipynb #cb35b78a
