@@ -136,7 +136,7 @@ def test_headless_chromium_screenshot_shows_the_head(small_scene, tmp_path):
 
 @pytest.fixture(scope='module')
 def tiny_synth(tmp_path_factory):
-    synth = pytest.importorskip('instag.synth.corpus')
+    import instag.synth.corpus as synth
     return synth.synthesize(identities=1, seconds=1.0, size=64, seed=3, out=tmp_path_factory.mktemp('synth'),
                             progress=False, detail=0.2, video=False)[0]
 
