@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from _sections import write_section  # noqa: E402
 from instag.example_data import write_example_dataset  # noqa: E402
-from instag.talking_head import composite  # noqa: E402
-from instag.train import Trainer, train_config  # noqa: E402
+from instag.trainer import Trainer  # noqa: E402
+from instag.train import make_trainer as make_train_trainer, train_config  # noqa: E402
 from instag.data import TalkingHeadDataset  # noqa: E402
 
 TARGET_ITS, TARGET_FPS = 10.0, 30.0
@@ -38,7 +38,7 @@ def make_trainer(root: Path, face: int, mouth: int, threads: int) -> Trainer:
                        densify__refine_start=10 ** 9, synthesizer__face__motion__audio_in_dim=80,
                        synthesizer__mouth__motion__audio_in_dim=80)
     ds = TalkingHeadDataset(root, cfg.data)
-    t = Trainer(cfg, ds, root / 'run', callbacks=(), verbose=False)
+    t = make_train_trainer(cfg, ds, root / 'run', verbose=False, evaluate=False)
     t.setup_stage()
     return t
 
@@ -54,17 +54,12 @@ def bench_train(t: Trainer, steps: int) -> tuple[float, float]:
 def bench_render(t: Trainer, frames: int) -> tuple[float, float, float]:
     m, ids = t.model, t.train_ids
     fr = [t.ds.frame(i) for i in ids[:8]]
-    def full(k):
+    def full(k):  # the one frame path, as instag render and evaluate call it
         f = fr[k % len(fr)]
-        c = m.conditions(f.audio, f.aus)
-        fo = m.render_branch('face', m.face.deform(c)[0], f.camera)
-        mo = m.render_branch('mouth', m.mouth.deform(c)[0], f.camera)
-        return composite(fo.rgb, fo.alpha, mo.rgb, mo.alpha, f.background, dilate=True).rgb
-    def reference(k):
+        return m(m.conditions(f.audio, f.aus), f.camera, f.background, dilate=True).rgb
+    def reference(k):  # the same Gaussians, static
         f = fr[k % len(fr)]
-        fo = m.render_branch('face', dict(m.face.gaussians.items()), f.camera)
-        mo = m.render_branch('mouth', dict(m.mouth.gaussians.items()), f.camera)
-        return composite(fo.rgb, fo.alpha, mo.rgb, mo.alpha, f.background).rgb
+        return m(m.conditions(f.audio, f.aus), f.camera, f.background, static=True).rgb
     out = []
     for fn in (full, reference):
         for k in range(2): fn(k)

@@ -21,6 +21,7 @@ COMMANDS = {
     'train':      ('instag.train:main_train',                 'train a person-specific head from a dataset'),
     'render':     ('instag.inference:main_render',            'render a trained head speaking any audio to an mp4 with sound'),
     'view':       ('instag.view.scenes:main_view',            'live 3D viewer in the browser (viser)'),
+    'runs':       ('instag.runs:main_runs',                   'list the run directories under a folder, one JSON line each'),
 }
 
 def _usage() -> str:

@@ -8,8 +8,8 @@ import torch
 
 from instag.camera import Camera
 from instag.view.screenshot import chromium_screenshot
-from instag.view.viewer import (Viewer, ViewState, make_render_fn, camera_from_viser, viser_pose, read_history, read_metrics,
-                                loss_figure)
+from instag.runs import loss_figure, read_history, read_metrics
+from instag.view.viewer import Viewer, ViewState, make_render_fn, camera_from_viser, viser_pose
 from instag.view.scenes import toy_scene, scene_from_path, main_view
 
 FIRST_DRAW_S = 600  # the first render may compile the C++ renderer (minutes on 2 busy cores)
@@ -91,17 +91,17 @@ def test_viser_camera_round_trip():
 
 
 def test_run_files(tmp_path):
-    (tmp_path / 'metrics.jsonl').write_text('{"step": 0, "loss": 1.0, "note": "x"}\n{"step": 10, "loss": 0.5, "psnr": 21}\n{"step": 2')
-    h = read_history(tmp_path)
-    assert h['x'] == [0, 10] and h['x_name'] == 'step' and h['loss'] == [1.0, 0.5] and h['psnr'] == [None, 21]
-    assert 'note' not in h
-    (tmp_path / 'metrics.jsonl').unlink()
-    (tmp_path / 'history.json').write_text(json.dumps({'iter': [1, 2], 'loss/face': [0.3, 0.2]}))
-    assert read_history(tmp_path)['loss/face'] == [0.3, 0.2]
+    from instag.runs import write_history
+    records = [dict(stage='face', step=1, iteration=1, loss=1.0, psnr=20.0, **{'loss/photometric': 0.9, 'loss/alpha': 0.1}),
+               dict(stage='mouth', step=1, iteration=2, loss=0.5, psnr=21.0, **{'loss/photometric': 0.5})]
+    write_history(tmp_path, records)
+    assert read_history(tmp_path) == records
     (tmp_path / 'metrics.json').write_text(json.dumps({'psnr': 28.1, 'name': 'x', 'lpips': 0.04}))
-    assert read_metrics(tmp_path) == {'psnr': 28.1, 'lpips': 0.04}
-    assert len(loss_figure(read_history(tmp_path)).data) == 1
-    assert read_history(tmp_path / 'missing') == {}
+    assert read_metrics(tmp_path)['psnr'] == 28.1
+    assert len(loss_figure(read_history(tmp_path)).data) == 5   # face: 2 terms + PSNR, mouth: 1 term + PSNR
+    assert read_history(tmp_path / 'missing') == []
+    (tmp_path / 'losses.json').write_text('[{"stage": "face"')     # being written: no curves, no crash
+    assert read_history(tmp_path) == []
 
 
 def test_scene_from_path_refuses_what_it_cannot_show(tmp_path):
@@ -159,12 +159,12 @@ def test_synthetic_dataset_ground_truth_head(tiny_synth):
 @pytest.mark.slow
 def test_trained_run_opens_with_its_curves(tiny_synth, tmp_path):
     "A (barely) trained run: its head moves by its motion fields, its loss curves and metrics reach the viewer."
-    train = pytest.importorskip('instag.train')
+    import instag.train as train
     cfg = train.train_config('cpu', face_iterations=20, mouth_iterations=10, fuse_iterations=5, static_iterations=5, seconds=0)
     train.train(tiny_synth, cfg, run_dir=tmp_path / 'run', verbose=False)
     scene = scene_from_path(tmp_path / 'run')
     assert scene.run_dir == tmp_path / 'run' and set(scene.canonical) == {'face', 'mouth'}
-    assert read_history(scene.run_dir)['loss']
+    assert read_history(scene.run_dir)[0]['loss'] > 0 and 'loss/photometric' in read_history(scene.run_dir)[0]
     with Viewer(scene, port=0) as viewer:
         assert viewer.wait_idle(FIRST_DRAW_S)
         viewer.set_frame(3); assert viewer.wait_idle(120) and viewer.panel_image.shape == (64, 64, 3)
