@@ -17,7 +17,7 @@ COMMANDS = {
     'demo':       ('instag.demo:main_demo',                   'the whole job on the embedded default: synthesize, train, render'),
     'synth':      ('instag.synth.corpus:main_synth',          'generate synthetic talking-head datasets with known ground truth'),
     'prepare':    ('instag.prepare.pipeline:main_prepare',    'turn a talking-head video into a training set (offline, CPU)'),
-    'check-data': ('instag.data:main_check_data',             'validate a dataset folder and print what is missing'),
+    'check-data': ('instag.check_data:main_check_data',          'validate a dataset folder and print what is missing'),
     'train':      ('instag.train:main_train',                 'train a person-specific head from a dataset'),
     'render':     ('instag.inference:main_render',            'render a trained head speaking any audio to an mp4 with sound'),
     'view':       ('instag.view.scenes:main_view',            'live 3D viewer in the browser (viser)'),

@@ -10,7 +10,8 @@ from PIL import Image
 from instag.audio import MEL_FILE, audio_feature_info, load_audio, log_mel_windows, write_wav
 from instag.cli import main
 from instag.core import UserError
-from instag.data import DataConfig, Split, TalkingHeadDataset, check_data, parsing_to_labels
+from instag.check_data import check_data
+from instag.data import DataConfig, Split, TalkingHeadDataset, parsing_to_labels
 from instag.example_data import write_example_dataset
 from instag.layout import LABELS, PARSING_COLORS, Metadata
 

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from scipy.io import wavfile
 
-from instag.data import check_data, parsing_to_labels
+from instag.check_data import check_data
+from instag.data import parsing_to_labels
 from instag.layout import LABELS
 from instag.synth.corpus import main_synth, synthesize, make_identity, world_camera, render_frame
 from instag.synth.speech import vowel_energy, random_voice
