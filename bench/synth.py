@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from instag.synth.corpus import synthesize, make_identity, world_camera, render_frame, SynthConfig
-from instag.synth.head import build_head, pose_head
+from instag.synth.head import build_head
+from instag.synth.pose import pose_head
 from instag.render import resolve_backend
 
 def render_only(frames: int, size: int) -> float:

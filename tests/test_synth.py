@@ -13,7 +13,8 @@ from instag.data import parsing_to_labels
 from instag.layout import LABELS
 from instag.synth.corpus import main_synth, synthesize, make_identity, world_camera, render_frame
 from instag.synth.speech import vowel_energy, random_voice
-from instag.synth.head import build_head, pose_head
+from instag.synth.head import build_head
+from instag.synth.pose import pose_head
 
 # thresholds named once, with the reason
 JAW_ENERGY_MIN_R = 0.6          # issue #4: ground-truth jaw opening vs the audio's vowel energy

@@ -17,7 +17,7 @@ from ..camera import opencv_w2c_to_opengl_c2w
 from ..config import Config
 from ..core import UserError, atomic_write_bytes, notice
 from .face import (CropConfig, PoseConfig, Track, action_units, check_track, crop_boxes, fill_gaps, fit_head_pose,
-                         mediapipe_solutions, posed_mesh, quiet_native_logs, to_crop, track_faces, N_MESH)
+                                 mediapipe_solutions, posed_mesh, quiet_native_logs, to_crop, track_faces, N_MESH)
 from ..layout import AU_NAMES, FPS, LABELS, SAMPLE_RATE, Metadata, write_au_csv, write_transforms
 from .masks import background_plate, composites, label_map, mesh_triangles, orient_triangles, parsing_image, render_priors
 from ..video import VideoInfo, iter_frames, probe_video

@@ -22,8 +22,9 @@ from ..layout import (Metadata, write_transforms, write_au_csv, LABELS, PARSING_
 from ..render import render
 from ..video import Mp4Writer
 from .speech import (Timeline, Voice, MouthStyle, random_voice, random_style, random_timeline,
-                                synthesize_speech, viseme_tracks, vowel_energy)
-from .head import Head, HeadShape, random_shape, build_head, pose_head, NECK_PIVOT, head_rotvec
+                                 synthesize_speech, viseme_tracks, vowel_energy)
+from .head import Head, HeadShape, random_shape, build_head, NECK_PIVOT
+from .pose import pose_head, head_rotvec
 
 # %% auto #0
 __all__ = ['CAMERA', 'FOREGROUND_ALPHA', 'PARSING_REGION', 'PARSING_LUT', 'SynthConfig', 'expression_tracks', 'head_pose_track',

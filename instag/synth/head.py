@@ -17,8 +17,7 @@ from ..layout import LABELS
 __all__ = ['SKIN_TONES', 'HAIR_COLORS', 'IRIS_COLORS', 'HAIR_STYLES', 'LIGHT', 'MOUTH_Y', 'JAW_HINGE', 'JAW_MAX_RAD',
            'NECK_PIVOT', 'BACK_CULL_NZ', 'MOTION_KEYS', 'LID_OPEN', 'LID_MEET', 'DETAIL_COUNTS', 'HeadShape',
            'random_shape', 'fibonacci_sphere', 'frame_quats', 'shade', 'skull_point', 'skull_normals', 'face_z',
-           'face_normal', 'hair_covers', 'lower_lip_weight', 'lid_angles', 'Head', 'build_head', 'head_rotvec',
-           'pose_head']
+           'face_normal', 'hair_covers', 'lower_lip_weight', 'lid_angles', 'Head', 'build_head']
 
 # %% ../../nbs/31_synth_head.ipynb #7116b991
 SKIN_TONES = np.array([[0.96, 0.80, 0.69], [0.90, 0.72, 0.58], [0.80, 0.60, 0.45], [0.66, 0.46, 0.33],
@@ -440,82 +439,3 @@ def build_head(shape: HeadShape, seed: int = 0, detail: float = 1.0) -> Head:
     return Head(shape, f32(cat('means')), f32(cat('quats')), f32(cat('scales')), f32(np.log(opac / (1 - opac))),
                 f32(np.clip(cat('colors'), 0, 1)), torch.as_tensor(cat('labels'), dtype=torch.long),
                 {k: f32(cat(k)) for k in MOTION_KEYS}, lids)
-
-# %% ../../nbs/31_synth_head.ipynb #84561f63
-def _quat_mul(a: Tensor, b: Tensor) -> Tensor:  # [N, 4] x [N, 4] wxyz
-    aw, ax, ay, az = a.unbind(-1); bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
-
-def _rotvec_quats(v: Tensor) -> Tensor:  # [N, 3] -> [N, 4]
-    angle = v.norm(dim=-1, keepdim=True)
-    axis = v / angle.clamp_min(1e-12)
-    return torch.cat([torch.cos(angle / 2), torch.sin(angle / 2) * axis], -1)
-
-def _rotate(p: Tensor, q: Tensor) -> Tensor:  # rotate points [N, 3] by unit quaternions [N, 4]
-    u, w = q[:, 1:], q[:, :1]
-    t = 2 * torch.linalg.cross(u, p, dim=-1)
-    return p + w * t + torch.linalg.cross(u, t, dim=-1)
-
-def head_rotvec(yaw: float, pitch: float, roll: float) -> np.ndarray:  # [3]
-    "Rotation vector of a head pose given in degrees (yaw about +y, then pitch about +x, then roll about +z)."
-    from scipy.spatial.transform import Rotation
-    return Rotation.from_euler('YXZ', [yaw, pitch, roll], degrees=True).as_rotvec()
-
-def _groups(head: Head) -> dict:
-    "Index sets that `pose_head` touches (cached on the head): expression-moved points, rigid, blended and static ones."
-    if getattr(head, '_groups', None) is None:
-        mo = head.motion
-        moved = sum(mo[k].abs() for k in MOTION_KEYS if k != 'head_w') > 0
-        hw = mo['head_w']
-        head._groups = dict(expr=torch.nonzero(moved).squeeze(1), rigid=torch.nonzero(hw >= 1).squeeze(1),
-                            blend=torch.nonzero((hw > 0) & (hw < 1)).squeeze(1))
-    return head._groups
-
-def pose_head(head: Head, jaw: float = 0.0, rounding: float = 0.0, closure: float = 0.0,
-              aus=(0, 0, 0, 0, 0, 0),  # AU01, AU04, AU05, AU06, AU07, AU45
-              pose=(0, 0, 0, 0, 0, 0),  # yaw, pitch, roll (degrees), translation x, y, z
-              asymmetry: float = 0.0) -> dict:
-    "Gaussians of one frame: `means`, `quats`, `scales`, `opacities`, `colors`."
-    grp, s = _groups(head), head.shape
-    au01, au04, au05, au06, au07, au45 = (float(a) for a in aus)
-    means, quats = head.means.clone(), head.quats.clone()
-    ids = grp['expr']
-    mo = {k: v[ids] for k, v in head.motion.items()}
-    m = means[ids]
-    gap = jaw * JAW_MAX_RAD * 0.1  # about the lip gap the jaw makes
-    m[:, 1] += mo['lip_up_w'] * 0.14 * gap * (1 - closure)
-    m[:, 0] *= 1 - 0.26 * rounding * mo['round_w']
-    m[:, 2] += 0.007 * rounding * mo['round_w']
-    m[:, 1] += 0.0025 * au06 * mo['cheek_w']
-    m[:, 1] += mo['brow_w'] * (0.0035 * au01 * mo['brow_inner_w'] - 0.0022 * au04)
-    m[:, 0] -= torch.sign(m[:, 0]) * 0.0015 * au04 * mo['brow_w']
-    # jaw: rotation about the hinge axis (parallel to x), per point
-    side = 1 + asymmetry * torch.clamp(m[:, 0] / s.lip_width, -1, 1)
-    theta = jaw * JAW_MAX_RAD * mo['jaw_w'] * (1 - closure * mo['lower_lip']) * side
-    yh, zh = JAW_HINGE
-    c, sn = torch.cos(theta), torch.sin(theta)
-    y, z = m[:, 1] - yh, m[:, 2] - zh
-    m[:, 1], m[:, 2] = yh + c * y - sn * z, zh + sn * y + c * z
-    means[ids] = m
-    quats[ids] = _quat_mul(torch.stack([torch.cos(theta / 2), torch.sin(theta / 2), 0 * theta, 0 * theta], -1), quats[ids])
-    # lids
-    lids = head.lids
-    up, lo = lid_angles(au05, au07, au45)
-    p, d = _lid_points(lids['centre'], lids['radius'], lids['alpha'], lids['s'], lids['upper'], float(up), float(lo))
-    means[lids['index']] = p
-    tang = np.stack([np.cos(lids['alpha'].numpy()), np.zeros(len(d)), -np.sin(lids['alpha'].numpy())], -1)
-    quats[lids['index']] = torch.as_tensor(frame_quats(d.numpy().astype(np.float64), tang), dtype=torch.float32)
-    # rigid head pose about the neck pivot; the neck blends from the head's pose to none
-    rv = torch.as_tensor(head_rotvec(*pose[:3]), dtype=torch.float32)
-    pivot, shift = torch.tensor(NECK_PIVOT), torch.tensor(pose[3:6], dtype=torch.float32)
-    r, b = grp['rigid'], grp['blend']
-    q = _rotvec_quats(rv[None])
-    R = _rotate(torch.eye(3), q.expand(3, 4)).T  # columns: images of the axes
-    means[r] = pivot + (means[r] - pivot) @ R.T + shift
-    quats[r] = _quat_mul(q.expand(len(r), 4), quats[r])
-    hw = head.motion['head_w'][b][:, None]
-    qb = _rotvec_quats(hw * rv[None])
-    means[b] = pivot + _rotate(means[b] - pivot, qb) + hw * shift
-    quats[b] = _quat_mul(qb, quats[b])
-    return dict(means=means, quats=quats, scales=head.scales, opacities=head.opacities, colors=head.colors)

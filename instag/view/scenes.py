@@ -138,7 +138,7 @@ DEFORM_CACHE_FRAMES = 64  # posed frames kept (about 1 MB each for a 16k-Gaussia
 def synth_scene(root: Path | str, audio: Path | str | None = None) -> Scene:
     "The ground-truth head of a synthetic dataset, moved by its ground-truth motion (`instag/motion_gt.npz`)."
     from instag.layout import LABELS, FACE_BRANCH_LABELS, MOUTH_BRANCH_LABELS
-    from instag.synth.head import pose_head
+    from instag.synth.pose import pose_head
     root = Path(root)
     head = synth_ground_truth_head(root)
     gt = dict(np.load(root / 'instag' / 'motion_gt.npz'))
