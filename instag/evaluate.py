@@ -47,8 +47,9 @@ INNER_LIPS = (13, 14)  # MediaPipe upper and lower inner-lip midpoints: their di
 def face_mesh_metrics(renders: list, truths: list) -> dict:
     "LMD (mean lip-landmark distance, px) and per-frame mouth openings (inner-lip gap, px; NaN where no face is found)."
     none = dict(lmd=None, lmd_frames=0, open_render=None, open_truth=None)
-    try: from instag.face import track_faces
-    except Exception: return none
+    try: from instag.prepare.face import track_faces
+    except ImportError as e:  # mediapipe missing (Python 3.13+): say so, do not hide it
+        notice(f'LMD skipped: the face mesh cannot be imported ({e})'); return none
     def track(images):
         h, w = images[0].shape[:2]
         return track_faces(enumerate(images), len(images), w, h, detect_every=10 ** 9, progress=False)

@@ -127,3 +127,13 @@ def test_device_from_config_refuses_cuda_without_it(tmp_path):
     ds = write_example_dataset(tmp_path / 'ds', frames=20, size=32, val_frames=6)
     with pytest.raises(UserError, match='CUDA is not available'):
         train(ds, train_config('cpu', **{**TINY, 'device': 'cuda'}), run_dir=tmp_path / 'r', verbose=False, evaluate=False)
+
+
+def test_evaluation_reaches_the_face_mesh(capsys):
+    "LMD needs `instag.prepare.face`; a failed import must not silently turn every LMD into None."
+    pytest.importorskip('mediapipe')
+    from instag.evaluate import face_mesh_metrics
+    blank = [np.zeros((64, 64, 3), np.uint8)] * 3
+    out = face_mesh_metrics(blank, blank)
+    assert 'cannot be imported' not in capsys.readouterr().err
+    assert out['lmd'] is None and out['lmd_frames'] == 0 and out['open_render'] is not None   # it ran: no face found
