@@ -20,6 +20,8 @@ COMMANDS = {
     'check-data': ('instag.check_data:main_check_data',          'validate a dataset folder and print what is missing'),
     'train':      ('instag.train:main_train',                 'train a person-specific head from a dataset'),
     'render':     ('instag.inference:main_render',            'render a trained head speaking any audio to an mp4 with sound'),
+    'pretrain':   ('instag.pretrain:main_pretrain',           'identity-free pre-training of universal motion fields on a corpus'),
+    'priors':     ('instag.prior:main_priors',                'list the shipped and local priors (universal motion fields)'),
     'view':       ('instag.view.scenes:main_view',            'live 3D viewer in the browser (viser)'),
     'runs':       ('instag.runs:main_runs',                   'list the run directories under a folder, one JSON line each'),
 }

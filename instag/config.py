@@ -53,6 +53,12 @@ def _coerce(value, typ, name: str):
     return value
 
 # %% ../nbs/01_config.ipynb #a0679ad2
+def _merge(base: dict, over: dict) -> dict:
+    "`over` on top of `base`, section by section."
+    out = dict(base)
+    for k, v in over.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
 @dataclass
 class Config:
     "Base class for instag configs: strict construction from dicts, flat papermill names and YAML."
@@ -75,7 +81,9 @@ class Config:
             t, v = hints[f.name], d[f.name]
             if is_dataclass(t):
                 if not isinstance(v, dict): raise UserError(f"config key '{prefix}{f.name}' is a section: give a mapping")
-                kw[f.name] = t.from_dict(v, prefix=f'{prefix}{f.name}.')
+                # a section's values override the field's own default (its default_factory), not the section class's
+                base = f.default_factory().to_dict() if f.default_factory is not dataclasses.MISSING else {}
+                kw[f.name] = t.from_dict(_merge(base, v), prefix=f'{prefix}{f.name}.')
             else: kw[f.name] = _coerce(v, t, prefix + f.name)
         return cls(**kw)
 

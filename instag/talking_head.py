@@ -256,8 +256,8 @@ class TalkingHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         g, universal = torch.Generator().manual_seed(seed), universal or {}
-        self.face = Branch(cfg.face, g, universal.get('face'))
-        self.mouth = Branch(cfg.mouth, g, universal.get('mouth'))
+        self.face = Branch(cfg.face, g, universal['face'] if 'face' in universal else None)
+        self.mouth = Branch(cfg.mouth, g, universal['mouth'] if 'mouth' in universal else None)
 
     def branch(self, name: str) -> Branch: return getattr(self, name)
 
