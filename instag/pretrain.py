@@ -71,8 +71,8 @@ class PretrainConfig(TrainerConfig):
 
 # %% ../nbs/49_pretrain.ipynb #7bd2b9db
 PRESETS = {
-    'cpu': dict(face_iterations=6000, mouth_iterations=1500, face_static_iterations=300, mouth_static_iterations=300,
-                motion_lr_half_life=6000, synthesizer__face__init_points=1000, synthesizer__mouth__init_points=500,
+    'cpu': dict(face_iterations=16000, mouth_iterations=4000, face_static_iterations=500, mouth_static_iterations=400,
+                motion_lr_half_life=10000, synthesizer__face__init_points=1000, synthesizer__mouth__init_points=500,
                 gaussian_lr__means=1e-3, gaussian_lr__means_final=1e-4, gaussian_lr__sh0=1e-2, gaussian_lr__shN=5e-4,
                 motion_lr__net=2e-3, densify__refine_start=200, densify__refine_every=20, densify__refine_stop=500,
                 densify__reset_every=100_000, densify__max_gaussians=4000, losses__lip_weight=0.05, lip_sampling=3.0,
