@@ -22,6 +22,7 @@ COMMANDS = {
     'render':     ('instag.inference:main_render',            'render a trained head speaking any audio to an mp4 with sound'),
     'pretrain':   ('instag.pretrain:main_pretrain',           'identity-free pre-training of universal motion fields on a corpus'),
     'priors':     ('instag.prior:main_priors',                'list the shipped and local priors (universal motion fields)'),
+    'pretrain-eval': ('instag.pretrain_eval:main_pretrain_eval', 'what a pre-training run learned: universal-only mouth motion, contrast statistics'),
     'view':       ('instag.view.scenes:main_view',            'live 3D viewer in the browser (viser)'),
     'runs':       ('instag.runs:main_runs',                   'list the run directories under a folder, one JSON line each'),
 }

@@ -108,3 +108,18 @@ def test_prior_is_loaded_without_unpickling_code(tmp_path):
     assert r.returncode == 0 and 'Traceback' not in r.stderr and not marker.exists()
     rows = [json.loads(l) for l in r.stdout.splitlines()]
     assert any(row['path'] == str(path) and 'error' in row for row in rows)
+
+
+def test_viewer_opens_a_pretraining_run_per_identity(corpus, tmp_path):
+    "instag view on a pre-training run: pick an identity; universal only or universal + personalized."
+    from instag.core import UserError
+    from instag.view.scenes import scene_from_path
+    from instag.view.viewer import ViewState, make_render_fn
+    pretrain(corpus, pretrain_config('cpu', **TINY), run_dir=tmp_path / 'run', verbose=False)
+    scene = scene_from_path(tmp_path / 'run', identity=2)
+    assert scene.components == ('universal', 'universal + personal') and 'id2' in scene.name
+    rf = make_render_fn(scene)
+    cam = scene.cameras[0]
+    a, b = (rf(cam, ViewState(frame=1, components=c)) for c in scene.components)
+    assert a.shape == b.shape == (40, 40, 3)
+    with pytest.raises(UserError, match='identities 0..2'): scene_from_path(tmp_path / 'run', identity=3)
