@@ -17,6 +17,7 @@ COMMANDS = {
     'demo':       ('instag.demo:main_demo',                   'the whole job on the embedded default: synthesize, train, render'),
     'synth':      ('instag.synth.corpus:main_synth',          'generate synthetic talking-head datasets with known ground truth'),
     'prepare':    ('instag.prepare.pipeline:main_prepare',    'turn a talking-head video into a training set (offline, CPU)'),
+    'prepare-corpus': ('instag.prepare.corpus:main_prepare_corpus', 'prepare every video of a corpus list (resumable), for pre-training'),
     'check-data': ('instag.check_data:main_check_data',          'validate a dataset folder and print what is missing'),
     'train':      ('instag.train:main_train',                 'train a person-specific head from a dataset'),
     'render':     ('instag.inference:main_render',            'render a trained head speaking any audio to an mp4 with sound'),
@@ -29,7 +30,8 @@ COMMANDS = {
 
 def _usage() -> str:
     lines = ['usage: instag <command> [options]', '', 'commands:']
-    lines += [f'  {name:<11} {help}' for name, (_, help) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f'  {name:<{width}}  {help}' for name, (_, help) in COMMANDS.items()]
     lines += ['', "run 'instag <command> --help' for a command's options"]
     return '\n'.join(lines)
 
