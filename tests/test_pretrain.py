@@ -123,3 +123,12 @@ def test_viewer_opens_a_pretraining_run_per_identity(corpus, tmp_path):
     a, b = (rf(cam, ViewState(frame=1, components=c)) for c in scene.components)
     assert a.shape == b.shape == (40, 40, 3)
     with pytest.raises(UserError, match='identities 0..2'): scene_from_path(tmp_path / 'run', identity=3)
+
+
+def test_experiment_notebook_runs_under_papermill(corpus, tmp_path):
+    import papermill as pm
+    from instag.pretrain import run_notebook
+    run = run_notebook(corpus, root=tmp_path, evaluate_frames=2, **{k: v for k, v in TINY.items() if k != 'checkpoint_every_steps'})
+    assert (run / 'pretrain.ipynb').exists() and (run / 'prior.pt').exists() and (run / 'metrics.json').exists()
+    with pytest.raises(pm.PapermillExecutionError, match='negatives'):
+        run_notebook(corpus, root=tmp_path, negative=3)
