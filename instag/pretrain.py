@@ -248,7 +248,8 @@ class Pretrainer(Trainer):
         save_torch(self.run_dir / MODEL, dict(format=1, kind='pretrain', synthesizer=m.cfg.to_dict(), names=m.names,
                                               model=m.state_dict(), info=info))
         return save_prior(self.run_dir / PRIOR, m.universal, self.extra.get('ema'), info['audio'], info['corpus'],
-                          self.cfg.to_dict(), corpus_name=info.get('corpus_name', ''))
+                          self.cfg.to_dict(), commit=read_run_info(self.run_dir).get('commit'),
+                          corpus_name=info.get('corpus_name', ''))
 
 def make_pretrainer(cfg: PretrainConfig, datasets: list[TalkingHeadDataset], run_dir: Path, callbacks=(),
                     verbose: bool = True, corpus_name: str = '', d: Dist | None = None) -> Pretrainer:

@@ -41,7 +41,7 @@ def file_hash(path: Path | str, limit: int = 64 * 2**20) -> str:
     return h.hexdigest()[:16]
 
 def save_prior(path: Path | str, universal: nn.ModuleDict, ema: dict | None, audio: dict, corpus: list[dict],
-               config: dict, **extra) -> Path:
+               config: dict, commit: str | None = None, **extra) -> Path:
     "Write a prior: the universal fields (raw and EMA state dicts), their configs and the facts above."
     from instag import __version__
     from instag.runs import _commit
@@ -51,7 +51,7 @@ def save_prior(path: Path | str, universal: nn.ModuleDict, ema: dict | None, aud
     return save_torch(path, dict(format=PRIOR_FORMAT, kind='instag-prior', universal=raw, universal_ema=ema_sd,
                                  motion={b: f.cfg.to_dict() for b, f in universal.items()}, audio=audio,
                                  canonical=CANONICAL, corpus=corpus, config=config, version=__version__,
-                                 commit=_commit(), **extra))
+                                 commit=commit or _commit(), **extra))
 
 def resolve_prior(name_or_path: str | Path) -> Path:
     "A shipped prior's name (`synthetic`, `real`) or a path to a prior.pt / a pre-training run folder."
