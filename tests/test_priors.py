@@ -1,0 +1,37 @@
+"""The priors that ship inside the package: they load, hold only universal fields, have model cards, are listed."""
+import json, subprocess, sys
+
+import pytest
+import torch
+
+from instag.prior import SHIPPED_DIR, check_prior, load_prior, prior_fields
+
+SHIPPED = ('synthetic',)  # 'real' joins when tools/build_prior.py real has shipped it
+MAX_MB = 5.0
+
+
+@pytest.mark.parametrize('name', SHIPPED)
+def test_shipped_prior_loads_and_holds_only_universal_fields(name):
+    path = SHIPPED_DIR / f'{name}.pt'
+    assert path.exists(), f'{path} is missing: build it with tools/build_prior.py {name}'
+    assert path.stat().st_size < MAX_MB * 2**20
+    p = load_prior(name)
+    assert set(p['universal']) == set(p['universal_ema']) == {'face', 'mouth'}
+    assert not any('gaussians' in k or 'personal' in k for b in p['universal'].values() for k in b)  # no appearance
+    fields = prior_fields(p)
+    assert fields['face'].cfg.audio_in_dim == p['audio']['dim'] and p['audio']['kind'] == 'log-mel'
+    check_prior(p, 'aud.wav (log-mel, computed)', p['audio']['dim'])
+    assert len(p['corpus']) >= 6 and all(c['hash'] for c in p['corpus'])
+    assert not any('german' in c['name'] or 'videoretalking' in c['name'] for c in p['corpus'])
+    card = path.with_suffix('.md').read_text()
+    assert 'tools/build_prior.py' in card and all(c['name'] in card for c in p['corpus'])
+    k = 'deform_net.layers.0.weight'  # the EMA kept during pre-training differs from the raw weights
+    assert not torch.equal(p['universal']['face'][k], p['universal_ema']['face'][k])
+
+
+def test_instag_priors_lists_the_shipped_ones(tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'instag', 'priors', '--json', '--root', str(tmp_path)], capture_output=True,
+                       text=True, check=True)
+    rows = {row['name']: row for row in map(json.loads, r.stdout.splitlines())}
+    for name in SHIPPED:
+        assert rows[name]['shipped'] and rows[name]['identities'] >= 6 and rows[name]['size_mb'] < MAX_MB
