@@ -297,7 +297,8 @@ def pretrain(corpus: Path | str, cfg: PretrainConfig | None = None, run_dir: Pat
         write_run_info(run_dir, 'pretrain', None, corpus=str(Path(corpus).resolve()), datasets=[str(r) for r in roots],
                        world_size=d.world)
     run_dir = d.agree(run_dir)
-    t = make_pretrainer(cfg, datasets, run_dir, callbacks, verbose, Path(corpus).name, d)
+    name = Path(corpus).name if Path(corpus).is_dir() else f'{Path(corpus).parent.name}/{Path(corpus).name}'
+    t = make_pretrainer(cfg, datasets, run_dir, callbacks, verbose, name, d)
     if verbose and d.rank == 0:
         print(f'instag pretrain: {len(datasets)} identities, {sum(len(s[0]) for s in t.splits) / datasets[0].fps:.0f} s of '
               f'video{f", {d.world} processes" if d.active else ""} -> {run_dir}', file=sys.stderr)

@@ -6,7 +6,7 @@ import torch
 
 from instag.prior import SHIPPED_DIR, check_prior, load_prior, prior_fields
 
-SHIPPED = ('synthetic',)  # 'real' joins when tools/build_prior.py real has shipped it
+SHIPPED = ('synthetic', 'real')
 MAX_MB = 5.0
 
 

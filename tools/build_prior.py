@@ -51,7 +51,7 @@ def card(name: str, prior: dict, metrics: dict, command: str, run_dir: Path, min
                      for c in prior['corpus'])
     ids = metrics.get('identities', [])
     per_id = '\n'.join(f'| {r["identity"]} | {r.get("universal_lip_open_corr_jaw")} | {r.get("universal_truth_lip_open_corr_jaw")} | '
-                       f'{r.get("universal_lip_open_corr_truth")} | {r.get("universal_mouth_corr_jaw")} | {r.get("full_mouth_corr_jaw")} | '
+                       f'{r.get("universal_lip_open_corr_truth")} | {r.get("full_lip_open_corr_truth")} | {r.get("universal_mouth_corr_jaw")} | {r.get("full_mouth_corr_jaw")} | '
                        f'{r.get("universal_psnr")} | {r.get("full_psnr")} | {r.get("universal_baseline_psnr")} |' for r in ids)
     m = metrics.get('motion', {})
     return f"""# Prior `{name}`: universal motion fields of instag
@@ -86,9 +86,11 @@ face mesh measures on the renders, correlated with the ground-truth jaw opening 
 same measure on the ground-truth frames (the ceiling) and with the truth's lip gap frame by frame. Mouth area: the
 visible mouth-branch area against the jaw; it is negative because the face branch does the opening and the mouth
 branch does not follow (the face-mouth hook of adaptation is meant to change that). PSNR against the mean-frame baseline.
+Real clips have no jaw ground truth (None): there the number is the universal (or full) render's lip gap against the
+truth's lip gap, frame by frame, on each clip's held-out last 1/11.
 
-| identity | universal: lip gap vs jaw | truth: lip gap vs jaw | universal vs truth lip gap | universal: mouth area vs jaw | full: mouth area vs jaw | universal PSNR | full PSNR | baseline PSNR |
-|---|---|---|---|---|---|---|---|---|
+| identity | universal: lip gap vs jaw | truth: lip gap vs jaw | universal vs truth lip gap | full vs truth lip gap | universal: mouth area vs jaw | full: mouth area vs jaw | universal PSNR | full PSNR | baseline PSNR |
+|---|---|---|---|---|---|---|---|---|---|
 {per_id}
 
 Motion statistics (same points, same condition): personalized d_mu cosine similarity between identities
