@@ -19,7 +19,7 @@ from .gaussians import DensifyStrategy
 from .motion import MotionField
 from .prior import PRIOR, audio_kind, file_hash, save_prior
 from .runs import CONFIG, CHECKPOINT, MODEL, load_model_state, read_run_info, save_torch, write_run_info
-from .talking_head import SynthesizerConfig, TalkingHead, face_branch_config, mouth_branch_config
+from .talking_head import SynthesizerConfig, TalkingHead, face_branch_config, field_deformation, mouth_branch_config
 from .train import parse_params
 from .trainer import LOSS_TERMS, Callback, FrameSampler, StepOutput, Stage, Trainer, TrainerConfig
 
@@ -162,7 +162,7 @@ def term_contrast(t, s: StepOutput) -> Tensor | None:
     branch, c = s.head.branch(b), s.conditions
     means = branch.gaussians['means'].detach()
     with torch.no_grad():
-        d_js = [t.model.heads[j].branch(b)._field(t.model.heads[j].branch(b).personal, means, c, s.hook, None).d_means
+        d_js = [field_deformation(t.model.heads[j].branch(b).personal, means, c, s.hook).d_means
                 for j in js]
     return w * contrast_loss(s.parts['personal'].d_means, d_js)
 

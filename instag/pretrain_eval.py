@@ -16,7 +16,7 @@ from .data import DataConfig, TalkingHeadDataset
 from .evaluate import evaluate
 from .pretrain import PretrainConfig, PretrainModel
 from .runs import CONFIG, METRICS, MODEL, load_torch, read_run_info
-from .talking_head import Conditions, SynthesizerConfig
+from .talking_head import Conditions, SynthesizerConfig, field_deformation
 
 # %% auto #0
 __all__ = ['load_pretrain', 'motion_statistics', 'evaluate_pretrain', 'main_pretrain_eval']
@@ -49,7 +49,7 @@ def motion_statistics(model: PretrainModel, datasets: list[TalkingHeadDataset], 
                 u_sum += float(du.norm(dim=-1).sum()); p_sum += float(dp.norm(dim=-1).sum())
                 for j, other in enumerate(model.heads):
                     if j == i: continue
-                    dj = br._field(other.branch(b).personal, br.gaussians['means'], c, hook, None).d_means
+                    dj = field_deformation(other.branch(b).personal, br.gaussians['means'], c, hook).d_means
                     cos.append(float(F.cosine_similarity(dp, dj, dim=-1, eps=1e-12).mean()))
         out[b] = dict(personal_cosine=round(float(np.mean(cos)), 4), universal_share=round(u_sum / max(u_sum + p_sum, 1e-12), 4))
     return out
@@ -62,7 +62,8 @@ def evaluate_pretrain(run_dir: Path | str, frames: int = 60, lmd: bool = True, w
     datasets = [TalkingHeadDataset(p, cfg.data) for p in info['datasets']]
     rows = []
     for i, (ds, test_ids) in enumerate(zip(datasets, info['test_ids'])):
-        train_ids = [k for k in ds.ids if k not in set(test_ids)]
+        held = set(test_ids)
+        train_ids = [k for k in ds.ids if k not in held]
         row = dict(identity=ds.root.name, test_frames=min(len(test_ids), frames) if frames else len(test_ids))
         for name, parts in (('universal', ('universal',)), ('full', None)):
             m = evaluate(model.heads[i], ds, test_ids, train_ids, frames, None, lmd, parts)

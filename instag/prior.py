@@ -44,14 +44,14 @@ def save_prior(path: Path | str, universal: nn.ModuleDict, ema: dict | None, aud
                config: dict, commit: str | None = None, **extra) -> Path:
     "Write a prior: the universal fields (raw and EMA state dicts), their configs and the facts above."
     from instag import __version__
-    from instag.runs import _commit
+    from instag.runs import git_commit
     raw = {b: {k: v.detach().cpu().clone() for k, v in f.state_dict().items()} for b, f in universal.items()}
     ema_sd = {b: {k[len(b) + 1:]: v.detach().cpu().clone() for k, v in ema.items() if k.startswith(b + '.')}
               for b in universal} if ema else raw
     return save_torch(path, dict(format=PRIOR_FORMAT, kind='instag-prior', universal=raw, universal_ema=ema_sd,
                                  motion={b: f.cfg.to_dict() for b, f in universal.items()}, audio=audio,
                                  canonical=CANONICAL, corpus=corpus, config=config, version=__version__,
-                                 commit=commit or _commit(), **extra))
+                                 commit=commit or git_commit(), **extra))
 
 def resolve_prior(name_or_path: str | Path) -> Path:
     "A shipped prior's name (`synthetic`, `real`) or a path to a prior.pt / a pre-training run folder."

@@ -15,16 +15,16 @@ from .talking_head import SynthesizerConfig, TalkingHead
 
 # %% auto #0
 __all__ = ['RUN_INFO', 'CONFIG', 'CHECKPOINT', 'MODEL', 'HISTORY', 'LOSS_CURVE', 'METRICS', 'STRIP', 'RUN_FILES', 'PLOTLY_JS',
-           'write_run_info', 'read_run_info', 'save_torch', 'load_torch', 'numpy_rng_state', 'set_numpy_rng_state',
-           'load_model_state', 'save_model', 'load_model', 'write_history', 'read_history', 'read_metrics',
-           'loss_figure', 'write_loss_curve', 'execute_notebook', 'is_run', 'list_runs', 'main_runs']
+           'git_commit', 'write_run_info', 'read_run_info', 'save_torch', 'load_torch', 'numpy_rng_state',
+           'set_numpy_rng_state', 'load_model_state', 'save_model', 'load_model', 'write_history', 'read_history',
+           'read_metrics', 'loss_figure', 'write_loss_curve', 'execute_notebook', 'is_run', 'list_runs', 'main_runs']
 
 # %% ../nbs/44a_runs.ipynb #d6326443
 RUN_INFO, CONFIG, CHECKPOINT, MODEL = 'run.json', 'config.yaml', 'checkpoint.pt', 'model.pt'
 HISTORY, LOSS_CURVE, METRICS, STRIP = 'losses.json', 'loss_curve.html', 'metrics.json', 'test_strip.png'
 RUN_FILES = (RUN_INFO, CONFIG, CHECKPOINT, MODEL, HISTORY, METRICS)  # any of them marks a folder as a run
 
-def _commit() -> str | None:
+def git_commit() -> str | None:
     "The git commit of the instag checkout, when it is one."
     try:
         out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(__file__).resolve().parent, capture_output=True,
@@ -36,7 +36,7 @@ def write_run_info(run_dir: Path | str, job: str, dataset: Path | str | None = N
     "`run.json`: what the run is (job, dataset, created, version, commit, `extra`)."
     from instag import __version__
     info = dict(job=job, dataset=None if dataset is None else str(Path(dataset).resolve()),
-                created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), version=__version__, commit=_commit(), **extra)
+                created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), version=__version__, commit=git_commit(), **extra)
     atomic_write_bytes(Path(run_dir) / RUN_INFO, (json.dumps(info, indent=1) + '\n').encode())
     return info
 
