@@ -20,6 +20,7 @@ COMMANDS = {
     'prepare-corpus': ('instag.prepare.corpus:main_prepare_corpus', 'prepare every video of a corpus list (resumable), for pre-training'),
     'check-data': ('instag.check_data:main_check_data',          'validate a dataset folder and print what is missing'),
     'train':      ('instag.train:main_train',                 'train a person-specific head from a dataset'),
+    'adapt':      ('instag.adapt:main_adapt',                 'adapt a pre-trained prior to a new person from a few seconds'),
     'render':     ('instag.inference:main_render',            'render a trained head speaking any audio to an mp4 with sound'),
     'pretrain':   ('instag.pretrain:main_pretrain',           'identity-free pre-training of universal motion fields on a corpus'),
     'priors':     ('instag.prior:main_priors',                'list the shipped and local priors (universal motion fields)'),
