@@ -1,0 +1,163 @@
+"""Motion-aligned adaptation: the geometry prior's frame, one face-mouth hook everywhere, exact resume, bad input."""
+import json, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from instag.adapt import adapt, adapt_config, resume_adapt
+from instag.camera import Camera
+from instag.losses import depth_prior_loss, normal_prior_loss
+from instag.render import head_gaussians, quat_to_rotmat, render
+from instag.train import Callback
+
+TINY = dict(seconds=2.0, face_iterations=8, mouth_iterations=6, fuse_iterations=3, static_iterations=1,
+            warmup_iterations=3, losses__geometry_start=2, synthesizer__face__init_points=150,
+            synthesizer__mouth__init_points=80, densify__refine_start=2, densify__refine_every=3, densify__refine_stop=1,
+            densify__grad_threshold=1e-7, mouth_grad_threshold=1e-7, checkpoint_every_s=1e9, checkpoint_every_steps=3,
+            eval_frames=2, eval_lmd=False, threads=1)
+
+
+@pytest.fixture(scope='module')
+def person(tmp_path_factory) -> Path:
+    from instag.synth.corpus import synthesize
+    out = tmp_path_factory.mktemp('synth')
+    return synthesize(identities=1, seconds=3, size=48, seed=11, out=out / 'corpus', progress=False, video=False)[0]
+
+
+# ---- geometry prior: camera frame ---------------------------------------------------------------------------------
+
+def _quat_mul(a, b):  # wxyz
+    w1, x1, y1, z1 = a.unbind(-1); w2, x2, y2, z2 = b.unbind(-1)
+    return torch.stack([w1*w2 - x1*x2 - y1*y2 - z1*z2, w1*x2 + x1*w2 + y1*z2 - z1*y2,
+                        w1*y2 - x1*z2 + y1*w2 + z1*x2, w1*z2 + x1*y2 - y1*x2 + z1*w2], -1)
+
+
+def _rotate_head(g, R, q):
+    "The head turned by R (quaternion q) about the world origin."
+    return {**g, 'means': g['means'] @ R.T, 'quats': _quat_mul(q.expand_as(g['quats']), g['quats'])}
+
+
+def _geometry(g, cam):
+    out = render(g, cam.viewmat, cam.K, cam.width, cam.height, backend='torch')
+    alpha = out.alpha[..., 0]
+    return out.depth[..., 0] / alpha.clamp_min(1e-6), out.normal, alpha > 0.5
+
+
+def test_geometry_loss_is_zero_on_its_prior_and_follows_the_camera_frame():
+    g, cam = head_gaussians(3000, seed=0), Camera.orbit(0.6, size=64)
+    depth, normal, region = _geometry(g, cam)
+    prior_n = F.normalize(normal, dim=-1) * region[..., None]
+    prior_d = torch.where(region, depth, torch.zeros_like(depth))
+    assert float(depth_prior_loss(depth, prior_d, region)) < 1e-5
+    assert float(normal_prior_loss(normal, prior_n, region)) < 1e-5
+    # the head turned 25 degrees about y, and the camera turned with it: the same image, the same camera-frame normals
+    a = np.deg2rad(25.0)
+    R = torch.tensor([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]], dtype=torch.float32)
+    q = torch.tensor([np.cos(a / 2), 0, np.sin(a / 2), 0], dtype=torch.float32)
+    turned = _rotate_head(g, R, q)
+    assert torch.allclose(quat_to_rotmat(q[None])[0], R, atol=1e-6)
+    c2w = torch.linalg.inv(cam.viewmat); c2w[:3] = R @ c2w[:3]
+    cam_turned = Camera(torch.linalg.inv(c2w), cam.K, cam.width, cam.height)
+    d2, n2, r2 = _geometry(turned, cam_turned)
+    both = region & r2
+    aligned = float(normal_prior_loss(n2, prior_n, both))
+    assert aligned < 1e-3                                            # the rotated head with its rotated normals: unchanged
+    assert float(depth_prior_loss(d2, prior_d, both)) < 1e-2
+    # the same rotated normals expressed in the world frame (what the official code compares) no longer match the prior
+    world = n2 @ cam_turned.viewmat[:3, :3]                        # camera -> world (rows of R_wc)
+    assert float(normal_prior_loss(world, prior_n, both)) > 0.05
+    # the head turned under a fixed camera (its normals not rotated with the prior): the loss rises
+    d3, n3, r3 = _geometry(turned, cam)
+    assert float(normal_prior_loss(n3, prior_n, region & r3)) > max(0.005, 10 * aligned)
+
+
+# ---- one hook everywhere -----------------------------------------------------------------------------------------
+
+class GrabHook(Callback):
+    "The phi of every mouth-stage step, by frame."
+    order = 99
+    def __init__(self): self.seen = {}
+    def before_fit(self, t):
+        forward = t._forward
+        def spy(s):
+            out = forward(s)
+            if out.hook is not None: self.seen[s.index] = out.hook.detach().clone()
+            return out
+        t._forward = spy
+
+
+def test_the_face_mouth_hook_is_the_same_in_training_evaluation_render_and_viewer(person, tmp_path):
+    from instag.inference import load_run
+    from instag.view.scenes import trained_scene
+    grab = GrabHook()
+    t = adapt(person, adapt_config('cpu', **{**TINY, 'fuse_iterations': 0}), run_dir=tmp_path / 'run', verbose=False,
+              evaluate=False, callbacks=[grab])
+    assert grab.seen, 'the mouth stage saw no hook'
+    i, phi_train = next(iter(grab.seen.items()))
+    assert phi_train.abs().sum() > 0
+    model = t.model.eval()
+    f = t.ds.frame(i)
+    with torch.no_grad(): phi_eval = model.deform(model.conditions(f.audio, f.aus)).hook            # evaluate's path
+    head = load_run(t.run_dir)
+    k = head.frames.index(i)                                                               # the loop frame of frame i
+    phi_render = head.deform(k).hook                                                       # instag render's path
+    torch.testing.assert_close(phi_eval, phi_train, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(phi_render, phi_train, rtol=1e-5, atol=1e-6)
+    scene = trained_scene(t.run_dir)                                                       # the viewer's path
+    mouth = scene.deform('training audio', k, 'universal + aligner')['mouth']['means']
+    torch.testing.assert_close(mouth, head.deform(k).gaussians['mouth']['means'], rtol=0, atol=1e-6)
+
+
+# ---- resume, records, bad input ------------------------------------------------------------------------------------
+
+class Killed(Exception): pass
+
+
+class KillAt(Callback):
+    order = 100
+    def __init__(self, n): self.n, self.done = n, 0
+    def after_step(self, t):
+        self.done += 1
+        if self.done == self.n: raise Killed()
+
+
+def test_adaptation_resumes_exactly_and_records_its_prior(person, tmp_path):
+    from instag.prior import file_hash, load_prior, prior_fields
+    cfg = adapt_config('cpu', **TINY)
+    full = adapt(person, cfg, run_dir=tmp_path / 'full', verbose=False, evaluate=False)
+    with pytest.raises(Killed):  # killed at iteration 12 (face 8 + mouth 4): the last checkpoint is mouth step 3
+        adapt(person, cfg, run_dir=tmp_path / 'killed', verbose=False, evaluate=False, callbacks=[KillAt(12)])
+    resumed = resume_adapt(tmp_path / 'killed', verbose=False, evaluate=False)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a: torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+    run = json.loads((tmp_path / 'full' / 'run.json').read_text())
+    prior = load_prior('synthetic')
+    assert run['job'] == 'adapt' and run['prior']['name'] == 'synthetic' and run['prior']['hash'] == file_hash(prior['path'])
+    # before any step the universal fields are the prior's EMA fields, and its audio statistics are kept
+    zero = adapt(person, adapt_config('cpu', **{**TINY, 'face_iterations': 0, 'mouth_iterations': 0, 'fuse_iterations': 0}),
+                 run_dir=tmp_path / 'zero', verbose=False, evaluate=False)
+    ema = prior_fields(prior, ema=True)
+    for b in ('face', 'mouth'):
+        for key, v in ema[b].state_dict().items():
+            torch.testing.assert_close(zero.model.branch(b).universal.state_dict()[key], v, rtol=0, atol=0, msg=f'{b}.{key}')
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'instag', 'adapt', *args], capture_output=True, text=True, timeout=300)
+
+
+def test_adapt_refuses_a_wrong_prior_in_one_line(person, tmp_path):
+    from instag.example_data import write_example_dataset
+    deepspeech = write_example_dataset(tmp_path / 'ds', frames=20, size=48, val_frames=5)
+    for args, says in (([str(person), '--prior', 'nosuch'], 'no prior'),
+                       ([str(deepspeech), '--prior', 'synthetic'], 'log-mel'),
+                       ([str(person), '-p', 'aligner=sideways'], 'aligner'),
+                       (['--resume', str(tmp_path)], 'config.yaml')):
+        r = _cli(*args, '--out', str(tmp_path / 'out'))
+        assert r.returncode == 2, (args, r.stderr)
+        assert 'Traceback' not in r.stderr and says in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
