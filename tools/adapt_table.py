@@ -1,0 +1,70 @@
+"""Summaries of the adaptation grids (nbs/experiments/results/adapt_<grid>.csv): mean and spread per variant, and the
+acceptance comparisons of issue 'Motion-Aligned Adaptation'.
+
+Usage: .venv/bin/python tools/adapt_table.py [synthetic german ...] [--markdown]
+"""
+import argparse, csv, statistics, sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'results'
+METRICS = ('psnr', 'psnr_face', 'lmd', 'lip_open_corr_jaw', 'lip_open_corr_truth', 'mouth_corr_jaw', 'train_seconds')
+ORDER = ('scratch', 'adapted_third', 'adapted')
+
+
+def read(grid: str) -> list[dict]:
+    path = RESULTS / f'adapt_{grid}.csv'
+    if not path.exists(): return []
+    with open(path) as f: return list(csv.DictReader(f))
+
+
+def values(rows, variant, metric) -> list[float]:
+    return [float(r[metric]) for r in rows if r['variant'] == variant and r.get(metric) not in (None, '', 'None')]
+
+
+def cell(v: list[float]) -> str:
+    if not v: return 'n/a'
+    if len(v) == 1: return f'{v[0]:.3f}'
+    return f'{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}'
+
+
+def summary(grid: str) -> str:
+    rows = read(grid)
+    if not rows: return f'no results for {grid} yet'
+    variants = [v for v in ORDER if any(r['variant'] == v for r in rows)]
+    metrics = [m for m in METRICS if any(values(rows, v, m) for v in variants)]
+    runs = {v: len([r for r in rows if r['variant'] == v]) for v in variants}
+    people = sorted({r['person'] for r in rows})
+    lines = [f'**{grid}** ({", ".join(people)}; runs per variant: {", ".join(f"{v} {n}" for v, n in runs.items())}; '
+             'mean ± standard deviation over people and seeds)', '',
+             '| variant | iterations | ' + ' | '.join(metrics) + ' |', '|---|---:|' + '---:|' * len(metrics)]
+    for v in variants:
+        its = sorted({r['iterations'] for r in rows if r['variant'] == v})
+        lines.append(f'| {v} | {"/".join(its)} | ' + ' | '.join(cell(values(rows, v, m)) for m in metrics) + ' |')
+    checks = []
+    def mean(v, m):
+        x = values(rows, v, m); return statistics.mean(x) if x else None
+    for m in ('psnr', 'lip_open_corr_jaw', 'lip_open_corr_truth', 'lmd'):
+        a, s, t = mean('adapted', m), mean('scratch', m), mean('adapted_third', m)
+        if a is None or s is None: continue
+        better = (lambda x, y: x < y) if m == 'lmd' else (lambda x, y: x > y)
+        line = f'- {m}: adapted {a:.3f} vs scratch {s:.3f}: {"adapted better" if better(a, s) else "adapted NOT better"}'
+        if t is not None:
+            ok = not better(s, t)
+            line += f'; adapted with a third of the budget {t:.3f}: {"at least as good as" if ok else "worse than"} scratch'
+        # paired per person and seed
+        pairs = [(float(x[m]), float(y[m])) for x in rows for y in rows if x['variant'] == 'adapted' and y['variant'] == 'scratch'
+                 and x['person'] == y['person'] and x['seed'] == y['seed'] and x.get(m) not in ('', 'None') and y.get(m) not in ('', 'None')]
+        if pairs: line += f' (paired: adapted better in {sum(better(x, y) for x, y in pairs)} of {len(pairs)})'
+        checks.append(line)
+    return '\n'.join(lines + [''] + checks)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('grids', nargs='*', default=['synthetic', 'german'])
+    a = ap.parse_args(argv)
+    print('\n\n'.join(summary(g) for g in a.grids))
+    return 0
+
+
+if __name__ == '__main__': sys.exit(main())
