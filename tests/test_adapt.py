@@ -161,3 +161,16 @@ def test_adapt_refuses_a_wrong_prior_in_one_line(person, tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert 'Traceback' not in r.stderr and says in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_adapt_notebook_runs_under_papermill_and_the_run_renders(person, tmp_path):
+    from instag.adapt import run_notebook
+    from instag.inference import main_render
+    run = run_notebook(person, root=tmp_path, seconds=2.0, face_iterations=3, mouth_iterations=2, fuse_iterations=1,
+                       eval_frames=2, synthesizer__face__init_points=100, synthesizer__mouth__init_points=50,
+                       eval_lmd=False, threads=1, aligner='offset', warmup_iterations=1)
+    assert (run / 'adapt.ipynb').exists() and (run / 'metrics.json').exists()
+    assert json.loads((run / 'run.json').read_text())['prior']['name'] == 'synthetic'
+    out = tmp_path / 'talk.mp4'
+    assert main_render([str(run), '--audio', str(person / 'aud.wav'), '--out', str(out), '--max-seconds', '0.5', '--quiet']) == 0
+    assert out.stat().st_size > 0

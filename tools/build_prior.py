@@ -98,7 +98,7 @@ face {m.get('face', {}).get('personal_cosine')}, mouth {m.get('mouth', {}).get('
 share of |d_mu| face {m.get('face', {}).get('universal_share')}, mouth {m.get('mouth', {}).get('universal_share')}.
 
 ## Use and limits
-For adapting a new person from a few seconds (motion-aligned adaptation, `instag adapt`, is being built); the fields
+For adapting a new person from a few seconds: `instag adapt DATA --prior {name}` (motion-aligned adaptation); the fields
 expect {prior['audio']['kind']} features and the canonical head frame above, and `check_prior` refuses anything else.
 Pre-trained at {SYNTH['size'] if name == 'synthetic' else REAL_SIZE} px on 2 CPU cores: far shorter than the paper's
 150k + 150k iterations, so the motion it carries is coarse.
