@@ -64,5 +64,5 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if os.environ.get('INSTAG_DEBUG'): raise
         print(f'instag {name}: error: {e}', file=sys.stderr); return 2
-    except KeyboardInterrupt:
-        print(f'instag {name}: interrupted', file=sys.stderr); return 130
+    except KeyboardInterrupt as e:  # a trainer's Interrupted says where its checkpoint is and how to continue
+        print(f'instag {name}: {e or "interrupted"}', file=sys.stderr); return 130

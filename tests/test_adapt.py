@@ -174,3 +174,21 @@ def test_adapt_notebook_runs_under_papermill_and_the_run_renders(person, tmp_pat
     out = tmp_path / 'talk.mp4'
     assert main_render([str(run), '--audio', str(person / 'aud.wav'), '--out', str(out), '--max-seconds', '0.5', '--quiet']) == 0
     assert out.stat().st_size > 0
+
+
+def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_says_how_to_resume(person, tmp_path):
+    import signal, time
+    params = ['-p', 'face_iterations=100000', '-p', 'checkpoint_every_steps=5', '-p', 'checkpoint_every_s=1e9',
+              '-p', 'synthesizer__face__init_points=100', '-p', 'synthesizer__mouth__init_points=50', '-p', 'threads=1']
+    cmd = [sys.executable, '-m', 'instag', 'adapt', str(person), '--seconds', '2', '--out', str(tmp_path), '--quiet', *params]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(tmp_path.glob('adapt/*/checkpoint.pt')) and time.time() < deadline and p.poll() is None: time.sleep(0.2)
+    assert p.poll() is None, p.stderr.read()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert 'Traceback' not in err and 'checkpoint saved' in err and '--resume' in err, err
+    run = next(tmp_path.glob('adapt/*'))
+    ck = torch.load(run / 'checkpoint.pt', weights_only=True)
+    assert f"at face step {ck['step']};" in err and f'instag adapt --resume {run}' in err, err

@@ -24,6 +24,9 @@ GRIDS = {
     'synthetic': ([ROOT / 'data/adapt_synth/id00', ROOT / 'data/adapt_synth/id01'], 'synthetic', 5.0, {}),
     # prepared with: instag prepare ../shared/data/mimictalk_german_20s.mp4 --out data/german --size 256 --val-fraction 0.5
     'german': ([ROOT / 'data/german'], 'real', 5.0, dict(test_split='tail')),
+    # a second real person outside the real prior's corpus (6.6 s: the first 5 s train, the last 1.6 s test), prepared with
+    # instag prepare ../shared/data/videoretalking_face4.mp4 --out data/vr_face4 --size 256
+    'vr_face4': ([ROOT / 'data/vr_face4'], 'real', 5.0, {}),
 }
 COLUMNS = ('grid', 'person', 'variant', 'seed', 'prior', 'iterations', 'psnr', 'psnr_face', 'ssim', 'baseline_psnr', 'lmd',
            'lip_open_corr_jaw', 'truth_lip_open_corr_jaw', 'lip_open_corr_truth', 'mouth_corr_jaw', 'mouth_corr_mask',
