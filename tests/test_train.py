@@ -176,3 +176,23 @@ def test_region_loss_where_each_branch_is_judged(stage):
     # a change in the open background counts for both branches (it must stay transparent there)
     outside = rgb.clone(); outside[2:8, 30:46] = 0.9
     assert float(region_loss(outside, alpha, f, stage, white, L)[0]) != pytest.approx(float(base), rel=1e-3)
+
+
+def test_a_killed_render_leaves_the_earlier_video_intact(dataset, tmp_path):
+    import signal, subprocess, sys, time
+    from instag.audio import write_wav
+    from instag.inference import main_render, stream_durations
+    t = train(dataset, train_config('cpu', **{**TINY, 'face_iterations': 2, 'mouth_iterations': 1, 'fuse_iterations': 1}),
+              run_dir=tmp_path / 'run', verbose=False, evaluate=False)
+    out, short, long = tmp_path / 'talk.mp4', tmp_path / 'short.wav', tmp_path / 'long.wav'
+    write_wav(short, 0.1 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 200), sample_rate=16000)
+    write_wav(long, 0.1 * np.sin(np.arange(16000 * 120) / 16000 * 2 * np.pi * 200), sample_rate=16000)
+    assert main_render([str(t.run_dir), '--audio', str(short), '--out', str(out), '--quiet']) == 0
+    before = out.read_bytes()
+    p = subprocess.Popen([sys.executable, '-m', 'instag', 'render', str(t.run_dir), '--audio', str(long), '--out', str(out),
+                          '--quiet'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial, deadline = tmp_path / '.talk.partial.mp4', time.time() + 120
+    while not (partial.exists() and partial.stat().st_size > 0) and time.time() < deadline and p.poll() is None: time.sleep(0.1)
+    assert p.poll() is None, p.stderr.read()
+    p.send_signal(signal.SIGKILL); p.wait(timeout=30)
+    assert out.read_bytes() == before and abs(stream_durations(out)['video'] - 1.28) < 0.05  # 32 frames: 1 s rounded up to 8
