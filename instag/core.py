@@ -24,7 +24,9 @@ def _project_root() -> Path:
 
 PROJECT_ROOT = _project_root()
 DATA_DIR = Path(os.environ.get('INSTAG_DATA', PROJECT_ROOT / 'data'))
-OUTPUTS_DIR = Path(os.environ.get('INSTAG_OUTPUTS', PROJECT_ROOT / 'outputs'))
+# run directories go to ./outputs of the working directory (where the user is), not into the checkout of an editable
+# install; INSTAG_OUTPUTS overrides
+OUTPUTS_DIR = Path(os.environ.get('INSTAG_OUTPUTS', Path.cwd() / 'outputs'))
 
 def shared_data_dir() -> Path | None:
     "The real talking-head clips in `../shared/data` beside the checkout (`INSTAG_SHARED_DATA` overrides), or `None`."

@@ -69,3 +69,15 @@ def test_camera_conversion_round_trip():
     # the OpenGL camera's -z axis (its viewing direction) is the OpenCV camera's +z
     forward_world = -c2w[:3, 2]
     torch.testing.assert_close(w2c[:3, :3] @ forward_world, torch.tensor([0, 0, 1.0], dtype=torch.float64))
+
+
+def test_runs_go_to_outputs_of_the_working_directory(tmp_path):
+    import os
+    env = {k: v for k, v in os.environ.items() if k != 'INSTAG_OUTPUTS'}
+    r = subprocess.run([sys.executable, '-c', 'from instag.core import OUTPUTS_DIR; print(OUTPUTS_DIR)'], cwd=tmp_path,
+                       capture_output=True, text=True, env=env)
+    assert r.stdout.strip() == str(tmp_path / 'outputs'), r.stderr
+    env['INSTAG_OUTPUTS'] = str(tmp_path / 'elsewhere')
+    r = subprocess.run([sys.executable, '-c', 'from instag.core import OUTPUTS_DIR; print(OUTPUTS_DIR)'], cwd=tmp_path,
+                       capture_output=True, text=True, env=env)
+    assert r.stdout.strip() == str(tmp_path / 'elsewhere'), r.stderr
