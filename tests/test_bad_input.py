@@ -1,0 +1,69 @@
+"""Every user mistake gets one line that names the problem and the fix, exit code 2, no traceback (issue: safe to open)."""
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instag.example_data import write_example_dataset
+from instag.train import train, train_config
+
+TINY = dict(seconds=0.4, face_iterations=2, mouth_iterations=1, fuse_iterations=1, static_iterations=0,
+            synthesizer__face__init_points=60, synthesizer__mouth__init_points=30, eval_frames=2, eval_lmd=False,
+            threads=1, data__audio='mel')
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory) -> dict:
+    from instag.audio import write_wav
+    root = tmp_path_factory.mktemp('bad')
+    ds = write_example_dataset(root / 'ds', frames=20, size=48, val_frames=5)
+    run = train(ds, train_config('cpu', **TINY), run_dir=root / 'run', verbose=False).run_dir
+    wav = root / 'speech.wav'
+    write_wav(wav, 0.1 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 200), sample_rate=16000)
+    (root / 'empty.wav').write_bytes(b'')
+    (root / 'a_file.txt').write_text('not a folder')
+    (root / 'folder.mp4').mkdir()
+    readonly = root / 'readonly'; readonly.mkdir(); readonly.chmod(0o555)
+    broken = {}
+    for name, damage in (('empty_model', lambda r: (r / 'model.pt').write_bytes(b'')),
+                         ('truncated_model', lambda r: (r / 'model.pt').write_bytes((r / 'model.pt').read_bytes()[:300]))):
+        d = root / name; shutil.copytree(run, d); damage(d); broken[name] = d
+    for name, damage in (('bad_transforms', lambda d: (d / 'transforms_train.json').write_text('{"frames": [')),
+                         ('bad_metadata', lambda d: (d / 'metadata.json').write_text('{not json'))):
+        d = root / name; shutil.copytree(ds, d); damage(d); broken[name] = d
+    return dict(root=root, ds=ds, run=run, wav=wav, **broken)
+
+
+def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'instag', *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+CASES = {
+    'render --threads -3': (lambda w: ['render', w['run'], '--audio', w['wav'], '--threads', '-3'], '--threads'),
+    'render --out a folder': (lambda w: ['render', w['run'], '--audio', w['wav'], '--out', w['root'] / 'folder.mp4'], 'folder'),
+    'render --out not mp4': (lambda w: ['render', w['run'], '--audio', w['wav'], '--out', w['root'] / 'talk.avi'], '.mp4'),
+    'render --out not writable': (lambda w: ['render', w['run'], '--audio', w['wav'], '--out', '/proc/instag-talk.mp4'], 'cannot write'),
+    'render --audio 0-byte': (lambda w: ['render', w['run'], '--audio', w['root'] / 'empty.wav'], 'empty'),
+    'render empty model.pt': (lambda w: ['render', w['empty_model'], '--audio', w['wav']], 'model.pt'),
+    'render truncated model.pt': (lambda w: ['render', w['truncated_model'], '--audio', w['wav']], 'model.pt'),
+    'train corrupt transforms': (lambda w: ['train', w['bad_transforms'], '--seconds', '0.4'], 'transforms_train.json'),
+    'train corrupt metadata': (lambda w: ['train', w['bad_metadata'], '--seconds', '0.4'], 'metadata.json'),
+    'synth --size 63': (lambda w: ['synth', '--size', '63', '--out', w['root'] / 's1'], '--size'),
+    'synth --size 100000': (lambda w: ['synth', '--size', '100000', '--out', w['root'] / 's2'], '--size'),
+    'synth --seconds nan': (lambda w: ['synth', '--seconds', 'nan', '--out', w['root'] / 's3'], '--seconds'),
+    'synth --out a file': (lambda w: ['synth', '--out', w['root'] / 'a_file.txt'], 'a_file.txt'),
+    'view --port 99999': (lambda w: ['view', 'toy', '--port', '99999'], '--port'),
+    'view --port -1': (lambda w: ['view', 'toy', '--port', '-1'], '--port'),
+    'prepare --val-fraction 1.5': (lambda w: ['prepare', w['wav'], '--out', w['root'] / 'p1', '--val-fraction', '1.5'], 'val-fraction'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_one_line_and_exit_2(world, case):
+    make, says = CASES[case]
+    r = _run(*map(str, make(world)))
+    assert r.returncode == 2, (case, r.returncode, r.stderr[-2000:])
+    assert 'Traceback' not in r.stderr, (case, r.stderr[-2000:])
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and says in lines[0], (case, r.stderr[-2000:])
