@@ -67,3 +67,28 @@ def test_one_line_and_exit_2(world, case):
     assert 'Traceback' not in r.stderr, (case, r.stderr[-2000:])
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and says in lines[0], (case, r.stderr[-2000:])
+
+
+class _Evil:
+    "Unpickling this creates a file: what a crafted model.pt shared with a run folder could do."
+    def __init__(self, target): self.target = str(target)
+    def __reduce__(self): return (open, (self.target, 'w'))
+
+
+@pytest.mark.parametrize('what', ['model', 'checkpoint', 'prior'])
+def test_a_crafted_pickle_is_refused_and_runs_nothing(world, tmp_path, what):
+    import torch
+    target = tmp_path / 'pwned'
+    run = tmp_path / 'run'; shutil.copytree(world['run'], run)
+    if what == 'model':
+        torch.save({'format': 1, 'x': _Evil(target)}, run / 'model.pt')
+        args = ['render', run, '--audio', world['wav'], '--out', tmp_path / 'x.mp4']
+    elif what == 'checkpoint':
+        (run / 'model.pt').unlink(); torch.save({'x': _Evil(target)}, run / 'checkpoint.pt')
+        args = ['train', '--resume', run]
+    else:
+        torch.save({'kind': 'instag-prior', 'x': _Evil(target)}, tmp_path / 'evil.pt')
+        args = ['adapt', world['ds'], '--prior', tmp_path / 'evil.pt']
+    r = _run(*map(str, args))
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert not target.exists(), 'the pickle ran code'
