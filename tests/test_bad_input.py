@@ -32,6 +32,16 @@ def world(tmp_path_factory) -> dict:
     for name, damage in (('bad_transforms', lambda d: (d / 'transforms_train.json').write_text('{"frames": [')),
                          ('bad_metadata', lambda d: (d / 'metadata.json').write_text('{not json'))):
         d = root / name; shutil.copytree(ds, d); damage(d); broken[name] = d
+    from instag.synth.corpus import synthesize
+    person = synthesize(identities=1, seconds=2, size=48, seed=5, out=root / 'corpus', progress=False, video=False)[0]
+    d = root / 'incomplete'; shutil.copytree(person, d)
+    meta = json.loads((d / 'metadata.json').read_text()); meta['complete'] = False
+    (d / 'metadata.json').write_text(json.dumps(meta)); broken['incomplete'] = d
+    d = root / 'no_train'; shutil.copytree(person, d)
+    tr, va = (json.loads((d / f'transforms_{k}.json').read_text()) for k in ('train', 'val'))
+    va['frames'] = tr['frames'] + va['frames']; tr['frames'] = []
+    for k, v in (('train', tr), ('val', va)): (d / f'transforms_{k}.json').write_text(json.dumps(v))
+    broken['no_train'] = d
     return dict(root=root, ds=ds, run=run, wav=wav, **broken)
 
 
@@ -49,6 +59,9 @@ CASES = {
     'render truncated model.pt': (lambda w: ['render', w['truncated_model'], '--audio', w['wav']], 'model.pt'),
     'train corrupt transforms': (lambda w: ['train', w['bad_transforms'], '--seconds', '0.4'], 'transforms_train.json'),
     'train corrupt metadata': (lambda w: ['train', w['bad_metadata'], '--seconds', '0.4'], 'metadata.json'),
+    'train incomplete dataset': (lambda w: ['train', w['incomplete'], '--seconds', '1'], 'complete: false'),
+    'train no training frames': (lambda w: ['train', w['no_train'], '--seconds', '1'], 'no training frames'),
+    'adapt incomplete dataset': (lambda w: ['adapt', w['incomplete'], '--seconds', '1'], 'complete: false'),
     'synth --size 63': (lambda w: ['synth', '--size', '63', '--out', w['root'] / 's1'], '--size'),
     'synth --size 100000': (lambda w: ['synth', '--size', '100000', '--out', w['root'] / 's2'], '--size'),
     'synth --seconds nan': (lambda w: ['synth', '--seconds', 'nan', '--out', w['root'] / 's3'], '--seconds'),
