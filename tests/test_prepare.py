@@ -126,8 +126,20 @@ def test_output_folder_with_another_dataset(tmp_path):
     clip = _noise_video(tmp_path / 'clip.mp4', 3.2)
     with pytest.raises(UserError, match='already holds a dataset made from other.mp4: pass --overwrite'): prepare(clip, out)
     (out / 'metadata.json').unlink(); (out / 'notes.txt').write_text('mine')
-    with pytest.raises(UserError, match='not an instag dataset: pass --overwrite'): prepare(clip, out)
+    with pytest.raises(UserError, match='not an instag dataset: choose another'): prepare(clip, out)
     assert (out / 'notes.txt').read_text() == 'mine'
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_dataset(tmp_path):
+    out = tmp_path / 'mine'
+    for rel in ('instag/notes.txt', 'parsing/a.png', 'gt_imgs/0.jpg', 'report.txt'):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True); (out / rel).write_text(rel)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob('*'))
+    clip = _noise_video(tmp_path / 'clip.mp4', 3.2)
+    with pytest.raises(UserError, match='not an instag dataset') as e: prepare(clip, out, overwrite=True)
+    assert '--overwrite' not in str(e.value)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob('*')) == before
+    assert all((out / rel).read_text() == rel for rel in ('instag/notes.txt', 'parsing/a.png', 'gt_imgs/0.jpg', 'report.txt'))
 
 
 def test_cli_usage_errors(tmp_path, capsys):
