@@ -42,7 +42,7 @@ def world(tmp_path_factory) -> dict:
     va['frames'] = tr['frames'] + va['frames']; tr['frames'] = []
     for k, v in (('train', tr), ('val', va)): (d / f'transforms_{k}.json').write_text(json.dumps(v))
     broken['no_train'] = d
-    return dict(root=root, ds=ds, run=run, wav=wav, **broken)
+    return dict(root=root, ds=ds, run=run, wav=wav, person=person, **broken)
 
 
 def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -105,3 +105,11 @@ def test_a_crafted_pickle_is_refused_and_runs_nothing(world, tmp_path, what):
     r = _run(*map(str, args))
     assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
     assert not target.exists(), 'the pickle ran code'
+
+
+@pytest.mark.parametrize('job', ['train', 'adapt'])
+def test_a_failed_start_leaves_no_run_folder(world, tmp_path, job):
+    from instag.runs import list_runs
+    r = _run(job, str(world['person']), '--seconds', '999', '--out', str(tmp_path))
+    assert r.returncode == 2 and 'asked to train on 999' in r.stderr, r.stderr[-2000:]
+    assert list_runs(tmp_path) == [] and not list(tmp_path.rglob('config.yaml'))
