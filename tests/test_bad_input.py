@@ -113,3 +113,27 @@ def test_a_failed_start_leaves_no_run_folder(world, tmp_path, job):
     r = _run(job, str(world['person']), '--seconds', '999', '--out', str(tmp_path))
     assert r.returncode == 2 and 'asked to train on 999' in r.stderr, r.stderr[-2000:]
     assert list_runs(tmp_path) == [] and not list(tmp_path.rglob('config.yaml'))
+
+
+def test_resume_refuses_a_checkpoint_of_another_config_and_follows_a_moved_dataset(world, tmp_path):
+    import yaml
+    run = tmp_path / 'run'; shutil.copytree(world['run'], run)
+    cfg = yaml.safe_load((run / 'config.yaml').read_text()); cfg['face_iterations'] = 7
+    (run / 'config.yaml').write_text(yaml.safe_dump(cfg))
+    r = _run('train', '--resume', str(run))
+    assert r.returncode == 2 and 'face_iterations = 2' in r.stderr and 'says 7' in r.stderr, r.stderr[-2000:]
+    run = tmp_path / 'run2'; shutil.copytree(world['run'], run)
+    moved = tmp_path / 'moved'; shutil.copytree(world['ds'], moved)
+    r = _run('train', '--resume', str(run), '--data', str(world['person']))
+    assert r.returncode == 2 and 'another recording' in r.stderr, r.stderr[-2000:]
+    r = _run('train', '--resume', str(run), '--data', str(moved), '--no-eval', '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((run / 'run.json').read_text())['dataset'] == str(moved.resolve())
+
+
+def test_render_refuses_another_persons_dataset_unless_forced(world, tmp_path):
+    args = ['render', str(world['run']), '--audio', str(world['wav']), '--data', str(world['person']), '--quiet']
+    r = _run(*args, '--out', str(tmp_path / 'a.mp4'))
+    assert r.returncode == 2 and 'another recording' in r.stderr and '--force' in r.stderr, r.stderr[-2000:]
+    r = _run(*args, '--out', str(tmp_path / 'b.mp4'), '--force')
+    assert r.returncode == 0 and (tmp_path / 'b.mp4').exists(), r.stderr[-2000:]
