@@ -137,3 +137,15 @@ def test_render_refuses_another_persons_dataset_unless_forced(world, tmp_path):
     assert r.returncode == 2 and 'another recording' in r.stderr and '--force' in r.stderr, r.stderr[-2000:]
     r = _run(*args, '--out', str(tmp_path / 'b.mp4'), '--force')
     assert r.returncode == 0 and (tmp_path / 'b.mp4').exists(), r.stderr[-2000:]
+
+
+def test_a_failed_evaluation_leaves_a_run_that_is_not_finished(world, tmp_path):
+    from instag.runs import list_runs
+    ds = tmp_path / 'ds'; shutil.copytree(world['ds'], ds)
+    for folder in ('gt_imgs', 'ori_imgs'):  # a held-out frame truncated: training never reads it, the evaluation does
+        p = ds / folder / '18.jpg'; p.write_bytes(p.read_bytes()[:200])
+    args = [f'{k}={v}' for k, v in {**TINY, 'eval_frames': 0}.items() if k != 'seconds']
+    r = _run('train', str(ds), '--seconds', '0.4', '--out', str(tmp_path / 'out'), '--quiet', *sum((['-p', a] for a in args), []))
+    assert r.returncode == 2 and 'evaluation failed' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    (run,) = list_runs(tmp_path / 'out')
+    assert not run['finished'] and 'error' in run['metrics'] and (Path(run['path']) / 'model.pt').exists()

@@ -231,3 +231,10 @@ def test_official_sapiens_priors_and_other_encoders(copy):
     assert ds.frame(0).depth.mean() == 2.0 and ds.frame(1).depth is None and ds.frame(0).normal is None
     assert ds.audio_features.shape == (10, 2, 1024) and ds.frame(5).audio.shape == (8, 2, 1024)
     with pytest.raises(UserError, match='looked for aud_eo.npy'): TalkingHeadDataset(copy, DataConfig(audio='wav2vec'))
+
+
+def test_check_data_decodes_every_image(copy):
+    p = copy / 'gt_imgs' / '3.jpg'
+    p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])  # a truncated JPEG: its header still opens
+    problems, stats = check_data(copy)
+    assert not stats['ok'] and any('do not decode' in q and 'gt_imgs/3.jpg' in q for q in problems), problems
