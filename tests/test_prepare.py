@@ -304,3 +304,12 @@ def test_audio_encoder_folder_refused(tmp_path):
     clip = _noise_video(tmp_path / 'clip.mp4', 3.2)
     with pytest.raises(UserError, match='nothing is downloaded'): prepare(clip, tmp_path / 'out', audio_encoder=tmp_path)
     assert not (tmp_path / 'out').exists()
+
+
+def test_prepare_keeps_the_terminal_quiet(shared_data, tmp_path):
+    "No TensorFlow Lite, absl or glog lines from mediapipe: every line a user sees is instag's own."
+    r = subprocess.run([sys.executable, '-m', 'instag', 'prepare', str(shared_data / 'videoretalking_face2.mp4'), '--out',
+                        str(tmp_path / 'face2'), '--size', '128', '--quiet'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
+    assert lines and all(l.startswith('instag') for l in lines), lines
