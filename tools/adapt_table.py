@@ -40,6 +40,27 @@ def summary(grid: str) -> str:
     for v in variants:
         its = sorted({r['iterations'] for r in rows if r['variant'] == v})
         lines.append(f'| {v} | {"/".join(its)} | ' + ' | '.join(cell(values(rows, v, m)) for m in metrics) + ' |')
+    # paired differences against scratch (same person, same seed): the between-person spread cancels
+    def paired(v, m):
+        out = []
+        for x in rows:
+            if x['variant'] != v or x.get(m) in (None, '', 'None'): continue
+            for y in rows:
+                if y['variant'] == 'scratch' and y['person'] == x['person'] and y['seed'] == x['seed'] and y.get(m) not in (None, '', 'None'):
+                    out.append(float(x[m]) - float(y[m]))
+        return out
+    lines += ['', '| paired difference vs scratch | ' + ' | '.join(metrics) + ' |', '|---|' + '---:|' * len(metrics)]
+    for v in variants:
+        if v == 'scratch': continue
+        lines.append(f'| {v} - scratch | ' + ' | '.join(cell(paired(v, m)) for m in metrics) + ' |')
+    people_rows = []
+    for person in people:
+        sub = [r for r in rows if r['person'] == person]
+        people_rows.append(f'| {person} | ' + ' | '.join(cell(values(sub, v, 'psnr')) for v in variants) + ' | '
+                           + ' | '.join(cell(values(sub, v, 'lip_open_corr_jaw' if any(values(rows, v, 'lip_open_corr_jaw') for v in variants) else 'lip_open_corr_truth')) for v in variants) + ' |')
+    lip = 'lip_open_corr_jaw' if any(values(rows, v, 'lip_open_corr_jaw') for v in variants) else 'lip_open_corr_truth'
+    lines += ['', f'| person | ' + ' | '.join(f'psnr {v}' for v in variants) + ' | ' + ' | '.join(f'{lip} {v}' for v in variants) + ' |',
+              '|---|' + '---:|' * (2 * len(variants))] + people_rows
     checks = []
     def mean(v, m):
         x = values(rows, v, m); return statistics.mean(x) if x else None
