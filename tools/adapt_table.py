@@ -80,11 +80,40 @@ def summary(grid: str) -> str:
     return '\n'.join(lines + [''] + checks)
 
 
+def figure(grids: list[str], path: Path) -> Path:
+    "PSNR and lip-sync per person and variant, every seed a dot over its mean bar (matplotlib PNG)."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = [(g, m) for g in grids if read(g) for m in ('psnr', 'lip_open_corr_jaw' if g == 'synthetic' else 'lip_open_corr_truth')]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
+    colours = dict(scratch='#999999', adapted_third='#8fb4d9', adapted='#1f5fa8')
+    for ax, (g, m) in zip(axes[0], panels):
+        rows = read(g); people = sorted({r['person'] for r in rows})
+        variants = [v for v in ORDER if any(r['variant'] == v for r in rows)]
+        for pi, person in enumerate(people):
+            for vi, v in enumerate(variants):
+                x = pi * (len(variants) + 1) + vi
+                ys = values([r for r in rows if r['person'] == person], v, m)
+                if not ys: continue
+                ax.bar(x, statistics.mean(ys), color=colours[v], label=v if pi == 0 else None)
+                ax.plot([x] * len(ys), ys, 'k.', ms=4)
+        ax.set_xticks([pi * (len(variants) + 1) + (len(variants) - 1) / 2 for pi in range(len(people))], people)
+        ax.set_title(f'{g}: {m}', fontsize=9)
+        lo = min(values(rows, v, m)[0] for v in variants if values(rows, v, m))
+        if m == 'psnr': ax.set_ylim(min(min(values(rows, v, m)) for v in variants if values(rows, v, m)) - 2, None)
+        else: ax.set_ylim(min(0, lo), 1)
+    axes[0][0].legend(fontsize=7, loc='lower left')
+    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('grids', nargs='*', default=['synthetic', 'german'])
+    ap.add_argument('--figure', type=Path, default=None, help='also write a PNG of PSNR and lip sync per person and variant')
     a = ap.parse_args(argv)
     print('\n\n'.join(summary(g) for g in a.grids))
+    if a.figure: print(figure(a.grids, a.figure))
     return 0
 
 
