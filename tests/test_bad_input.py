@@ -68,6 +68,7 @@ CASES = {
     'synth --out a file': (lambda w: ['synth', '--out', w['root'] / 'a_file.txt'], 'a_file.txt'),
     'view --port 99999': (lambda w: ['view', 'toy', '--port', '99999'], '--port'),
     'view --port -1': (lambda w: ['view', 'toy', '--port', '-1'], '--port'),
+    'prepare --out not writable': (lambda w: ['prepare', w['wav'], '--out', '/proc/instag-dataset'], 'cannot write'),
     'prepare --val-fraction 1.5': (lambda w: ['prepare', w['wav'], '--out', w['root'] / 'p1', '--val-fraction', '1.5'], 'val-fraction'),
 }
 
