@@ -12,6 +12,7 @@ from instag.camera import Camera
 from instag.losses import depth_prior_loss, normal_prior_loss
 from instag.render import head_gaussians, quat_to_rotmat, render
 from instag.train import Callback
+from helpers import KillAt, Killed
 
 TINY = dict(seconds=2.0, face_iterations=8, mouth_iterations=6, fuse_iterations=3, static_iterations=1,
             warmup_iterations=3, losses__geometry_start=2, synthesizer__face__init_points=150,
@@ -113,15 +114,6 @@ def test_the_face_mouth_hook_is_the_same_in_training_evaluation_render_and_viewe
 
 # ---- resume, records, bad input ------------------------------------------------------------------------------------
 
-class Killed(Exception): pass
-
-
-class KillAt(Callback):
-    order = 100
-    def __init__(self, n): self.n, self.done = n, 0
-    def after_step(self, t):
-        self.done += 1
-        if self.done == self.n: raise Killed()
 
 
 def test_adaptation_resumes_exactly_and_records_its_prior(person, tmp_path):

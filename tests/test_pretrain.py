@@ -9,6 +9,7 @@ from instag.example_data import write_example_dataset
 from instag.pretrain import contrast_loss, pretrain, pretrain_config, read_corpus, resume_pretrain
 from instag.prior import check_prior, load_prior
 from instag.trainer import Callback
+from helpers import KillAt, Killed
 
 TINY = dict(face_iterations=6, mouth_iterations=5, face_static_iterations=1, mouth_static_iterations=1,
             synthesizer__face__init_points=80, synthesizer__mouth__init_points=40, negatives=0, ema_every=1,
@@ -23,15 +24,6 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-class Killed(Exception): pass
-
-
-class KillAt(Callback):
-    order = 100
-    def __init__(self, n): self.n, self.done = n, 0
-    def after_step(self, t):
-        self.done += 1
-        if self.done == self.n: raise Killed()
 
 
 def test_pretraining_resumes_exactly(corpus, tmp_path):

@@ -8,6 +8,7 @@ import torch
 
 from instag.example_data import write_example_dataset
 from instag.train import Callback, resume, train, train_config
+from helpers import KillAt, Killed
 
 # a tiny run that still densifies (face and mouth) and checkpoints every 3 iterations
 TINY = dict(seconds=0.4, face_iterations=8, mouth_iterations=6, fuse_iterations=3, static_iterations=2,
@@ -21,16 +22,6 @@ def dataset(tmp_path_factory) -> Path:
     return write_example_dataset(tmp_path_factory.mktemp('ds') / 'ds', frames=20, size=48, val_frames=6)
 
 
-class Killed(Exception): pass
-
-
-class KillAt(Callback):
-    "Raise after global iteration `n` (counting all stages), as a kill between checkpoints would stop the run."
-    order = 100
-    def __init__(self, n): self.n, self.done = n, 0
-    def after_step(self, t):
-        self.done += 1
-        if self.done == self.n: raise Killed()
 
 
 def _state(t) -> dict:
@@ -95,8 +86,9 @@ def test_experiment_notebook_refuses_unknown_parameters(dataset, tmp_path):
 def test_demo_end_to_end(tmp_path):
     from instag.demo import demo
     r = demo(tmp_path / 'demo', seconds=1.0, clip_seconds=3.0, size=64, verbose=False, face_iterations=20,
-             mouth_iterations=10, fuse_iterations=5, eval_frames=4, eval_lmd=False)
-    assert Path(r['video']).exists() and r['psnr'] is not None
+             mouth_iterations=10, fuse_iterations=5, warmup_iterations=5, eval_frames=4, eval_lmd=False)
+    assert Path(r['video']).exists() and Path(r['still']).exists()
+    assert r['psnr_adapted'] is not None and r['psnr_scratch'] is not None and r['seconds'] > 0
 
 
 class ProbeAtStart(Callback):
