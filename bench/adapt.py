@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     steps, frames = (20, 30) if a.quick else (60, 80)
     with tempfile.TemporaryDirectory() as tmp:
-        root = synthesize(identities=1, seconds=6, size=256, seed=3, out=Path(tmp) / 'corpus', progress=False, video=False)[0]
+        root = synthesize(identities=1, seconds=8, size=256, seed=3, out=Path(tmp) / 'corpus', progress=False, video=False)[0]
         ad, ref = trainer(root, 'synthetic', a.threads), trainer(root, 'none', a.threads, hook=False, geometry=False)
         face, face_ref = rate(ad, 0, steps), rate(ref, 0, steps)
         mouth, mouth_ref = rate(ad, 1, steps), rate(ref, 1, steps)
