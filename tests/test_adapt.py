@@ -184,3 +184,31 @@ def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_says_how_to_resume(person,
     run = next(tmp_path.glob('adapt/*'))
     ck = torch.load(run / 'checkpoint.pt', weights_only=True)
     assert f"at face step {ck['step']};" in err and f'instag adapt --resume {run}' in err, err
+
+
+@pytest.mark.parametrize('switch, check', [
+    (dict(aligner='none'), lambda t: t.model.face.aligner is None and not any('aligner' in g for s in t.stages for g in s.train)),
+    (dict(aligner='scale'), lambda t: t.model.face.cfg.aligner_mode == 'scale' and 'face.aligner' in t.stages[2].train),
+    (dict(hook=False), lambda t: not t.model.cfg.hook and t.model.mouth.hook_scale is None),
+    (dict(geometry=False), lambda t: not any('loss/geometry' in r for r in t.history)),
+    (dict(prior='none'), lambda t: t.cfg.prior_hash == '' and t.model.face.aligner is None and t.cfg.warmup_lr_factor == 1.0),
+])
+def test_ablations_are_config_values(person, tmp_path, switch, check):
+    cfg = adapt_config('cpu', **{**TINY, 'checkpoint_every_steps': 0, **switch})
+    t = adapt(person, cfg, run_dir=tmp_path / 'run', verbose=False, evaluate=False)
+    assert check(t), switch
+    if switch.get('geometry', True): assert any('loss/geometry' in r for r in t.history)
+
+
+def test_warm_up_cuts_only_the_universal_lr_then_every_motion_part_decays(person, tmp_path):
+    seen = {}
+    class Watch(Callback):
+        order = 20  # after AdaptMotionLR (10)
+        def before_step(self, t):
+            if t.stage.name == 'face':
+                seen[t.step] = {k: o.param_groups[0]['lr'] / o.param_groups[0]['initial_lr'] for k, o in t.optimizers.items()
+                                if 'initial_lr' in o.param_groups[0]}
+    adapt(person, adapt_config('cpu', **{**TINY, 'motion_lr_half_life': 4}), run_dir=tmp_path / 'run', verbose=False,
+          evaluate=False, callbacks=[Watch()])
+    assert seen[0]['face.universal'] == pytest.approx(0.1) and seen[0]['face.aligner'] == pytest.approx(1.0)
+    assert seen[4]['face.universal'] == pytest.approx(0.5) and seen[4]['face.aligner'] == pytest.approx(0.5)
