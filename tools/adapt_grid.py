@@ -18,7 +18,8 @@ CPU = adapt_config('cpu')
 THIRD = dict(face_iterations=CPU.face_iterations // 3, mouth_iterations=CPU.mouth_iterations // 3,
              fuse_iterations=CPU.fuse_iterations // 3, warmup_iterations=CPU.warmup_iterations // 3,
              motion_lr_half_life=CPU.motion_lr_half_life // 3, losses__geometry_start=CPU.losses.geometry_start // 3)
-VARIANTS = {'adapted': {}, 'scratch': dict(prior='none'), 'adapted_third': THIRD}
+VARIANTS = {'adapted': {}, 'scratch': dict(prior='none'), 'adapted_third': THIRD, 'scratch_third': dict(prior='none', **THIRD)}
+DEFAULT_VARIANTS = ('adapted', 'scratch', 'adapted_third')  # scratch_third: the from-scratch baseline at a third
 # grid -> (datasets, prior, seconds of training, overrides); the test split is the dataset's held-out tail
 GRIDS = {
     'synthetic': ([ROOT / 'data/adapt_synth/id00', ROOT / 'data/adapt_synth/id01'], 'synthetic', 5.0, {}),
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('grid', choices=sorted(GRIDS))
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    ap.add_argument('--variants', nargs='+', default=list(VARIANTS))
+    ap.add_argument('--variants', nargs='+', default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
     ap.add_argument('--dry', action='store_true')
     a = ap.parse_args(argv)
     datasets, prior, seconds, over = GRIDS[a.grid]
