@@ -212,3 +212,21 @@ def test_warm_up_cuts_only_the_universal_lr_then_every_motion_part_decays(person
           evaluate=False, callbacks=[Watch()])
     assert seen[0]['face.universal'] == pytest.approx(0.1) and seen[0]['face.aligner'] == pytest.approx(1.0)
     assert seen[4]['face.universal'] == pytest.approx(0.5) and seen[4]['face.aligner'] == pytest.approx(0.5)
+
+
+def test_adapt_from_a_local_pretraining_run(person, tmp_path):
+    "`--prior PATH`: a pre-training run folder made here (on two other synthetic people) is adapted like a shipped prior."
+    from instag.pretrain import pretrain, pretrain_config
+    from instag.synth.corpus import synthesize
+    corpus = tmp_path / 'corpus'
+    synthesize(identities=2, seconds=2, size=48, seed=21, out=corpus, progress=False, video=False)
+    pre = pretrain(corpus, pretrain_config('cpu', face_iterations=4, mouth_iterations=3, face_static_iterations=1,
+                                            mouth_static_iterations=1, synthesizer__face__init_points=60,
+                                            synthesizer__mouth__init_points=30, threads=1, checkpoint_every_s=1e9),
+                   run_dir=tmp_path / 'pre', verbose=False)
+    r = _cli(str(person), '--prior', str(pre.run_dir), '--seconds', '2', '--out', str(tmp_path / 'out'), '--quiet',
+             '-p', 'face_iterations=3', '-p', 'mouth_iterations=2', '-p', 'fuse_iterations=1', '-p', 'eval_frames=2',
+             '-p', 'eval_lmd=false', '-p', 'synthesizer__face__init_points=60', '-p', 'synthesizer__mouth__init_points=30')
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = json.loads(next((tmp_path / 'out').glob('adapt/*/run.json')).read_text())
+    assert run['prior']['path'] == str(pre.run_dir / 'prior.pt') and len(run['prior']['hash']) == 16
