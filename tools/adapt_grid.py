@@ -15,10 +15,16 @@ from instag.adapt import adapt, adapt_config, resume_adapt  # noqa: E402
 from instag.runs import CHECKPOINT, METRICS  # noqa: E402
 
 CPU = adapt_config('cpu')
-THIRD = dict(face_iterations=CPU.face_iterations // 3, mouth_iterations=CPU.mouth_iterations // 3,
-             fuse_iterations=CPU.fuse_iterations // 3, warmup_iterations=CPU.warmup_iterations // 3,
-             motion_lr_half_life=CPU.motion_lr_half_life // 3, losses__geometry_start=CPU.losses.geometry_start // 3)
-VARIANTS = {'adapted': {}, 'scratch': dict(prior='none'), 'adapted_third': THIRD, 'scratch_third': dict(prior='none', **THIRD)}
+# a third of the budget: every iteration count of the schedule divided by 3 (stages, warm-ups, lr half-life, geometry
+# start, and the densification window, which the cpu preset counts in iterations from each stage's start and end)
+THIRD_STAGES = dict(face_iterations=CPU.face_iterations // 3, mouth_iterations=CPU.mouth_iterations // 3,
+                    fuse_iterations=CPU.fuse_iterations // 3, warmup_iterations=CPU.warmup_iterations // 3,
+                    motion_lr_half_life=CPU.motion_lr_half_life // 3, losses__geometry_start=CPU.losses.geometry_start // 3)
+THIRD = dict(THIRD_STAGES, static_iterations=CPU.static_iterations // 3, densify__refine_start=CPU.densify.refine_start // 3,
+             densify__refine_every=CPU.densify.refine_every // 3, densify__refine_stop=CPU.densify.refine_stop // 3)
+VARIANTS = {'adapted': {}, 'scratch': dict(prior='none'), 'adapted_third': THIRD, 'scratch_third': dict(prior='none', **THIRD),
+            # the first third-budget runs: stages cut, densification window not, so the face stage never densified
+            'adapted_third_unscaled': THIRD_STAGES}
 DEFAULT_VARIANTS = ('adapted', 'scratch', 'adapted_third')  # scratch_third: the from-scratch baseline at a third
 # grid -> (datasets, prior, seconds of training, overrides); the test split is the dataset's held-out tail
 GRIDS = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'results'
 METRICS = ('psnr', 'psnr_face', 'lmd', 'lip_open_corr_jaw', 'lip_open_corr_truth', 'mouth_corr_jaw', 'train_seconds')
-ORDER = ('scratch', 'scratch_third', 'adapted_third', 'adapted')
+ORDER = ('scratch', 'scratch_third', 'adapted_third_unscaled', 'adapted_third', 'adapted')
 
 
 def read(grid: str) -> list[dict]:
@@ -86,7 +86,7 @@ def figure(grids: list[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
     panels = [(g, m) for g in grids if read(g) for m in ('psnr', 'lip_open_corr_jaw' if g == 'synthetic' else 'lip_open_corr_truth')]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
-    colours = dict(scratch='#999999', scratch_third='#cccccc', adapted_third='#8fb4d9', adapted='#1f5fa8')
+    colours = dict(scratch='#999999', scratch_third='#cccccc', adapted_third_unscaled='#d9e6f2', adapted_third='#8fb4d9', adapted='#1f5fa8')
     for ax, (g, m) in zip(axes[0], panels):
         rows = read(g); people = sorted({r['person'] for r in rows})
         variants = [v for v in ORDER if any(r['variant'] == v for r in rows)]
