@@ -29,7 +29,7 @@ extras = {'dev': dev_requirements,
           'prepare': ['mediapipe==0.10.21'],
           'cuda': ['gsplat']}
 
-package_data = {cfg['lib_name']: ['csrc/*.cpp', 'csrc/*.h', 'priors/*.pt', 'priors/*.md']}
+package_data = {cfg['lib_name']: ['csrc/*.cpp', 'csrc/*.h', 'priors/*.pt', 'priors/*.md', 'priors/*.npz']}
 lib_path = cfg.get('lib_path')
 setuptools.setup(
     name=cfg['lib_name'],
