@@ -13,7 +13,7 @@ TINY = dict(face_iterations=3, mouth_iterations=2, fuse_iterations=1, static_ite
 
 
 def _spec(tmp_path: Path, ds: Path) -> Path:
-    spec = dict(name='tiny', root=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), defaults=dict(preset='cpu', **TINY),
+    spec = dict(name='tiny', root=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), defaults=dict(train=dict(preset='cpu', **TINY)),
                 grids=[dict(table='T0', job='train', dataset=[str(ds)], seconds=[0.4], seed=[0, 1])])
     path = tmp_path / 'spec.yaml'; path.write_text(yaml.safe_dump(spec))
     return path
@@ -66,8 +66,27 @@ def test_a_killed_batch_resumes_without_redoing_a_finished_cell(tmp_path):
 def test_a_failing_cell_is_recorded_and_the_batch_goes_on(tmp_path):
     from instag.experiment import run_experiment
     ds = write_example_dataset(tmp_path / 'ds', frames=20, size=48, val_frames=6)
-    spec = dict(name='bad', root=str(tmp_path / 'runs'), defaults=dict(preset='cpu', **TINY),
+    spec = dict(name='bad', root=str(tmp_path / 'runs'), defaults=dict(train=dict(preset='cpu', **TINY)),
                 grids=[dict(table='T0', job='train', dataset=[str(ds)], seconds=[99.0, 0.4])])
     states = run_experiment(spec, progress=False)
     assert [s['status'] for s in states] == ['failed', 'done']
     assert 'asked to train on 99' in states[0]['error']
+
+
+def test_a_finished_row_of_the_committed_table_counts_as_done(tmp_path):
+    "Run folders do not outlive a session; the exported table does: its finished rows are not run again."
+    import csv, shutil
+    from instag.experiment import export_table, expand, load_spec, run_experiment
+    ds = write_example_dataset(tmp_path / 'ds', frames=20, size=48, val_frames=6)
+    spec = _spec(tmp_path, ds)
+    cells = expand(*load_spec(spec))
+    table = tmp_path / 'results' / 'tiny.csv'
+    table.parent.mkdir()
+    with open(table, 'w', newline='') as f:  # as a previous session committed it: the first cell finished
+        w = csv.DictWriter(f, ['table', 'cell', 'key', 'status', 'psnr']); w.writeheader()
+        w.writerow(dict(table='T0', cell=cells[0].name, key=cells[0].key, status='done', psnr='25.5'))
+    assert [r['done'] for r in run_experiment(spec, dry=True)] == [True, False]
+    assert [r['done'] for r in run_experiment(spec, dry=True, redo='s0')] == [False, False]
+    export_table(cells, table)
+    rows = list(csv.DictReader(open(table)))
+    assert (rows[0]['status'], rows[0]['psnr'], rows[1]['status']) == ('done', '25.5', 'pending')
