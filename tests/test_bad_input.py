@@ -71,6 +71,7 @@ CASES = {
     'evaluate --test not a dataset': (lambda w: ['evaluate', w['run'], '--test', w['root'] / 'a_file.txt'], '--test'),
     'evaluate --frames -1': (lambda w: ['evaluate', w['run'], '--frames', '-1'], '--frames'),
     'evaluate --audio 0-byte': (lambda w: ['evaluate', w['run'], '--audio', w['root'] / 'empty.wav'], 'empty'),
+    'evaluate --lpips without weights': (lambda w: ['evaluate', w['run'], '--lpips', w['root']], 'alexnet.pth is missing'),
     'evaluate truncated model.pt': (lambda w: ['evaluate', w['truncated_model']], 'model.pt'),
     'prepare --out not writable': (lambda w: ['prepare', w['wav'], '--out', '/proc/instag-dataset'], 'cannot write'),
     'prepare --val-fraction 1.5': (lambda w: ['prepare', w['wav'], '--out', w['root'] / 'p1', '--val-fraction', '1.5'], 'val-fraction'),

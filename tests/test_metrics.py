@@ -104,3 +104,22 @@ def test_instag_evaluate_json_has_every_metric(tmp_path):
     assert out['lpips'] is None and 'never downloads' in out['lpips_note']
     assert np.isfinite(out['psnr']) and 'speech.wav' in out['speech']
     assert json.loads((run / 'evaluation.json').read_text())['psnr'] == out['psnr']
+    weights = _random_lpips_weights(tmp_path / 'lpips')  # in the formats of the real files, which are the user's
+    r = subprocess.run([sys.executable, '-m', 'instag', 'evaluate', str(run), '--json', '--lpips', str(weights), '--no-write'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out['lpips'] > 0 and 'local weights' in out['lpips_note']
+
+
+def _random_lpips_weights(d):
+    import torch
+    d.mkdir()
+    g = torch.Generator().manual_seed(0)
+    shapes = ((64, 3, 11), (192, 64, 5), (384, 192, 3), (256, 384, 3), (256, 256, 3))
+    back = {}
+    for idx, (o, i, k) in zip((0, 3, 6, 8, 10), shapes):
+        back[f'features.{idx}.weight'] = torch.randn(o, i, k, k, generator=g) * 0.05; back[f'features.{idx}.bias'] = torch.zeros(o)
+    torch.save(back, d / 'alexnet.pth')
+    torch.save({f'lin{k}.model.1.weight': torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate((64, 192, 384, 256, 256))}, d / 'alex.pth')
+    return d
