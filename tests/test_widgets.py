@@ -104,3 +104,21 @@ def test_dataset_browser_follows_the_slider(dataset):
     first = b.image.value
     b.slider.value = 5
     assert b.image.value != first and b.curves.layout.shapes[0].x0 == b.ds.ids[5]
+
+
+@pytest.mark.slow
+def test_jupyterlab_screenshot_shows_the_explorer(finished_run, tmp_path):
+    "JupyterLab served on 127.0.0.1 with a token, the notebook run in headless Chromium, the explorer's image drawn."
+    import shutil
+    import nbformat
+    if not (shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')):
+        pytest.skip('Chromium is not installed (apt-get install -y chromium)')
+    from PIL import Image
+    from instag.view.screenshot import lab_screenshot
+    nb = nbformat.v4.new_notebook()
+    nb.metadata['kernelspec'] = dict(name='python3', display_name='Python 3 (ipykernel)', language='python')
+    nb.cells = [nbformat.v4.new_code_cell(f'from instag.widgets import DeformationExplorer\nDeformationExplorer({str(finished_run)!r})')]
+    nbformat.write(nb, tmp_path / 'explorer.ipynb')
+    shot = lab_screenshot(tmp_path / 'explorer.ipynb', tmp_path / 'shot.png', wait_s=240)  # raises unless the image drew
+    img = Image.open(shot)
+    assert img.size == (1300, 950)
