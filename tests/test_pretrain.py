@@ -124,3 +124,11 @@ def test_experiment_notebook_runs_under_papermill(corpus, tmp_path):
     assert (run / 'pretrain.ipynb').exists() and (run / 'prior.pt').exists() and (run / 'metrics.json').exists()
     with pytest.raises(pm.PapermillExecutionError, match='negatives'):
         run_notebook(corpus, root=tmp_path, negative=3)
+
+
+def test_pretraining_without_personalized_fields_leaves_a_prior(corpus, tmp_path):
+    "The protocol's ablation: personal_hidden = 0 trains the universal fields and the Gaussians only."
+    cfg = pretrain_config('cpu', **{**TINY, 'synthesizer__face__personal_hidden': 0, 'synthesizer__mouth__personal_hidden': 0})
+    t = pretrain(corpus, cfg, run_dir=tmp_path / 'run', verbose=False)
+    assert all(h.face.personal is None and h.mouth.personal is None for h in t.model.heads)
+    assert set(load_prior(tmp_path / 'run' / 'prior.pt')['universal_ema']) == {'face', 'mouth'}
