@@ -132,3 +132,6 @@ def test_pretraining_without_personalized_fields_leaves_a_prior(corpus, tmp_path
     t = pretrain(corpus, cfg, run_dir=tmp_path / 'run', verbose=False)
     assert all(h.face.personal is None and h.mouth.personal is None for h in t.model.heads)
     assert set(load_prior(tmp_path / 'run' / 'prior.pt')['universal_ema']) == {'face', 'mouth'}
+    from instag.pretrain_eval import evaluate_pretrain
+    r = evaluate_pretrain(tmp_path / 'run', frames=2, lmd=False)   # what the protocol's template runs after it
+    assert r['motion']['face'] == dict(personal_cosine=None, universal_share=1.0)
