@@ -1,6 +1,8 @@
 """The JupyterLab panels driven from Python, without a browser: the training panel's buttons, the deformation explorer's
 widgets, the dataset browser; no thread is left behind."""
 import threading, time
+
+import torch
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,26 @@ def test_jupyterlab_screenshot_shows_the_explorer(finished_run, tmp_path):
     shot = lab_screenshot(tmp_path / 'explorer.ipynb', tmp_path / 'shot.png', wait_s=240)  # raises unless the image drew
     img = Image.open(shot)
     assert img.size == (1300, 950)
+
+
+def test_explorer_opens_one_person_of_a_pretraining_run_with_its_parts_and_hook(tmp_path):
+    from instag.pretrain import pretrain, pretrain_config
+    from instag.widgets import DeformationExplorer
+    for k in range(2): write_example_dataset(tmp_path / 'corpus' / f'id{k}', frames=20, size=40, val_frames=6)
+    cfg = pretrain_config('cpu', face_iterations=4, mouth_iterations=3, face_static_iterations=0, mouth_static_iterations=0,
+                          synthesizer__face__init_points=80, synthesizer__mouth__init_points=40, negatives=0,
+                          data__audio='mel', threads=1, checkpoint_every_s=1e9)
+    run = pretrain(tmp_path / 'corpus', cfg, run_dir=tmp_path / 'pre', verbose=False).run_dir
+    e = DeformationExplorer(run, identity=1)
+    assert set(e.parts) == {'universal', 'personal', 'hook'} and 'id1' in str(e.head.ds.root)
+    e.frame.value = 2
+    a = e.image.value
+    e.parts['personal'].value = False
+    b = e.image.value
+    assert b != a
+    mouth_on = e.deformed()[1].gaussians['mouth']['means']
+    e.parts['hook'].value = False
+    k, d = e.deformed()
+    assert d.hook is None and 'hook off' in e.caption.value
+    assert not torch.equal(d.gaussians['mouth']['means'], mouth_on), 'without phi the mouth moves differently'
+    assert e.head.model.cfg.hook, 'the toggle must not change the model for good'
