@@ -25,9 +25,9 @@ def seams(head, feats, frames):
         c = head.render(k, feats)
         labels = head.ds.frame(head.frame(k).index).labels
         hole = torch.isin(labels, torch.tensor([LABELS['face'], LABELS['mouth'], LABELS['teeth']]))
-        torso_alpha = head.ds.frame(head.frame(k).index).background  # the torso layer over the plate
+        background = head.ds.frame(head.frame(k).index).background  # the torso layer over the plate
         plate = torch.from_numpy(head.ds.plate).float() / 255 if isinstance(head.ds.plate, np.ndarray) else head.ds.plate
-        shows_plate = hole & (c.face_alpha[..., 0] + c.mouth_alpha[..., 0] < 0.5) & ((torso_alpha - plate).abs().amax(-1) < 2 / 255)
+        shows_plate = hole & (c.face_alpha[..., 0] + c.mouth_alpha[..., 0] < 0.5) & ((background - plate).abs().amax(-1) < 2 / 255)
         out.append((c.rgb.clamp(0, 1).numpy(), int(shows_plate.sum())))
     return out
 
