@@ -90,3 +90,22 @@ def test_a_finished_row_of_the_committed_table_counts_as_done(tmp_path):
     export_table(cells, table)
     rows = list(csv.DictReader(open(table)))
     assert (rows[0]['status'], rows[0]['psnr'], rows[1]['status']) == ('done', '25.5', 'pending')
+
+
+def test_the_lip_gap_rows_of_a_cell_whose_run_folder_is_gone_are_kept(tmp_path):
+    "The per-frame lip-gap table, like the main one, keeps what an earlier session committed; a live run's rows are rewritten."
+    import csv
+    from instag.experiment import expand, export_lip_gaps, load_spec
+    ds = write_example_dataset(tmp_path / 'ds', frames=20, size=48, val_frames=6)
+    cells = expand(*load_spec(_spec(tmp_path, ds)))
+    path = tmp_path / 'results' / 'tiny_lipgap.csv'; path.parent.mkdir()
+    with open(path, 'w', newline='') as f:  # committed earlier: 2 frames of cell 0, 1 of cell 1
+        w = csv.DictWriter(f, ['cell', 'table', 'person', 'variant', 'seed', 'frame', 'render', 'truth']); w.writeheader()
+        for c, k in ((cells[0], 0), (cells[0], 1), (cells[1], 0)):
+            w.writerow(dict(cell=c.name, table='T0', person='ds', variant='default', seed=c.seed, frame=k, render=0.1, truth=0.2))
+    cells[1].run_dir.mkdir(parents=True)  # cell 1 runs again here: its new evaluation replaces the old rows
+    (cells[1].run_dir / 'metrics.json').write_text(json.dumps(dict(lip_gap_first=10, lip_gap_render=[0.5, 0.6, 0.7], lip_gap_truth=[0.4, 0.5, 0.6])))
+    export_lip_gaps(cells, ['T0'], path)
+    rows = list(csv.DictReader(open(path)))
+    assert [(r['cell'] == cells[0].name, r['frame']) for r in rows] == [(True, '0'), (True, '1'), (False, '10'), (False, '11'), (False, '12')]
+    assert export_lip_gaps(cells, ['T9'], tmp_path / 'none.csv') is None
