@@ -109,3 +109,21 @@ def test_the_lip_gap_rows_of_a_cell_whose_run_folder_is_gone_are_kept(tmp_path):
     rows = list(csv.DictReader(open(path)))
     assert [(r['cell'] == cells[0].name, r['frame']) for r in rows] == [(True, '0'), (True, '1'), (False, '10'), (False, '11'), (False, '12')]
     assert export_lip_gaps(cells, ['T9'], tmp_path / 'none.csv') is None
+
+
+def test_an_older_batch_exports_the_rows_a_newer_spec_added(tmp_path):
+    "Two `--only` parts of one spec may run at once; the one started before the spec gained a grid must not drop its rows."
+    import csv
+    from instag.experiment import expand, export_results, load_spec
+    ds = write_example_dataset(tmp_path / 'ds', frames=20, size=48, val_frames=6)
+    spec = _spec(tmp_path, ds)
+    started_with = expand(*load_spec(spec))
+    d = yaml.safe_load(spec.read_text())
+    d['grids'].append(dict(table='T9', job='train', dataset=[str(ds)], seconds=[0.4], seed=[5]))
+    spec.write_text(yaml.safe_dump(d))  # what the other process runs
+    table = tmp_path / 'results' / 'tiny.csv'
+    rows = list(csv.DictReader(open(export_results(spec, started_with, table, []))))
+    assert [(r['table'], r['seed']) for r in rows] == [('T0', '0'), ('T0', '1'), ('T9', '5')]
+    spec.write_text('grids: [')  # caught mid-edit: the cells it started with
+    rows = list(csv.DictReader(open(export_results(spec, started_with, table, []))))
+    assert [r['table'] for r in rows] == ['T0', 'T0']
