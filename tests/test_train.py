@@ -28,8 +28,9 @@ def _state(t) -> dict:
     return {k: v.detach().clone() for k, v in t.model.state_dict().items()}
 
 
-def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
-    cfg = train_config('cpu', **TINY)
+@pytest.mark.parametrize('background', ['white', 'random'])  # random: the colours come from the checkpointed generator
+def test_resume_reproduces_uninterrupted_run(dataset, tmp_path, background):
+    cfg = train_config('cpu', **TINY, **({'region_background': 'random'} if background == 'random' else {}))
     full = train(dataset, cfg, run_dir=tmp_path / 'full', verbose=False, evaluate=False)
     with pytest.raises(Killed):  # killed at iteration 12 (face 8 + mouth 4): the last checkpoint is mouth step 3
         train(dataset, cfg, run_dir=tmp_path / 'killed', verbose=False, evaluate=False, callbacks=[KillAt(12)])
