@@ -30,7 +30,7 @@ def _state(t) -> dict:
 
 @pytest.mark.parametrize('background', ['white', 'random'])  # random: the colours come from the checkpointed generator
 def test_resume_reproduces_uninterrupted_run(dataset, tmp_path, background):
-    cfg = train_config('cpu', **TINY, **({'region_background': 'random'} if background == 'random' else {}))
+    cfg = train_config('cpu', **TINY, region_background='random' if background == 'random' else (1.0, 1.0, 1.0))
     full = train(dataset, cfg, run_dir=tmp_path / 'full', verbose=False, evaluate=False)
     with pytest.raises(Killed):  # killed at iteration 12 (face 8 + mouth 4): the last checkpoint is mouth step 3
         train(dataset, cfg, run_dir=tmp_path / 'killed', verbose=False, evaluate=False, callbacks=[KillAt(12)])
