@@ -222,7 +222,7 @@ def run_cell(c: Cell, cells: list[Cell], spec: ExperimentSpec, kernel: str | Non
     return _cell_state(c)
 
 # %% ../nbs/51_experiment.ipynb #6b32004f
-TABLE_METRICS = ('psnr', 'psnr_face', 'ssim_face', 'lmd', 'aue_u', 'aue_l', 'lip_corr', 'lip_open_corr_jaw',
+TABLE_METRICS = ('psnr', 'psnr_face', 'psnr_inner', 'ssim_face', 'lmd', 'aue_u', 'aue_l', 'lip_corr', 'lip_open_corr_jaw',
                  'mouth_corr_jaw', 'sync_offset', 'sync_conf', 'sync_conf_truth', 'sync_conf_floor', 'train_seconds')
 
 def cell_row(c: Cell) -> dict:

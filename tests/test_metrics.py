@@ -99,8 +99,10 @@ def test_instag_evaluate_json_has_every_metric(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    for k in ('psnr', 'psnr_face', 'ssim_face', 'lmd', 'aue_u', 'aue_l', 'lip_corr', 'sync_offset', 'sync_conf', 'lpips'):
+    for k in ('psnr', 'psnr_face', 'psnr_inner', 'ssim_face', 'lmd', 'aue_u', 'aue_l', 'lip_corr', 'sync_offset', 'sync_conf',
+              'lpips', 'error_share'):
         assert k in out, k
+    assert np.isfinite(out['psnr_inner']) and abs(sum(out['error_share'].values()) - 1) < 1e-3, out['error_share']
     assert out['lpips'] is None and 'never downloads' in out['lpips_note']
     assert np.isfinite(out['psnr']) and 'speech.wav' in out['speech']
     assert json.loads((run / 'evaluation.json').read_text())['psnr'] == out['psnr']
