@@ -5,9 +5,10 @@ Writes the section between `<!-- bench:adapt -->` and `<!-- /bench:adapt -->` of
 one JSON object (adapt_its_256, adapt_seconds, render_fps_256, ...).
 
 The steps are the real `Trainer.train_step` of an `instag adapt` run (shipped `synthetic` prior, aligner on, geometry
-loss on, the mouth reading the hook with tau_M) on a synthetic 256x256 person, densification off so N stays at the
-cpu preset's cap (8000 face, 800 mouth). Reference in the same process: the same steps of an `instag train` model
-(no aligner, no geometry, no hook), so `adaptation overhead` = reference rate / adaptation rate. `adapt_seconds`
+loss and the face stage's hole term on from the first step, the mouth reading the hook with tau_M) on a synthetic
+256x256 person, densification off so N stays at the cpu preset's cap (8000 face, 800 mouth). Reference in the same
+process: the same steps of an `instag train` model (no aligner, no geometry, no hook; the hole term on as well), so
+`adaptation overhead` = reference rate / adaptation rate. `adapt_seconds`
 projects the cpu preset (face + mouth + fuse iterations) from the measured rates: training only, without evaluation.
 """
 import argparse, json, os, platform, sys, tempfile, time
@@ -27,7 +28,7 @@ from instag.synth.corpus import synthesize  # noqa: E402
 
 def trainer(root: Path, prior: str, threads: int, **over):
     base = dict(seconds=5.0, face_iterations=10 ** 6, mouth_iterations=10 ** 6, static_iterations=0, warmup_iterations=0,
-                losses__geometry_start=0, threads=threads, synthesizer__face__init_points=8000,
+                losses__geometry_start=0, losses__hole_start=0, threads=threads, synthesizer__face__init_points=8000,
                 synthesizer__mouth__init_points=800, densify__refine_start=10 ** 9, prior=prior)
     cfg = adapt_config('cpu', **{**base, **over})
     ds = TalkingHeadDataset(root, cfg.data)
