@@ -76,7 +76,7 @@ TEMPLATE_ONLY = {'pretrain': ('evaluate_frames',)}  # template parameters that a
 # Config fields added after results were committed, with the value that does what the code did before them. A cell's
 # key leaves such a field out while it holds that value, so adding a switch that is off does not make every committed
 # row stale; a cell that turns it on gets a new key.
-KEY_NEUTRAL = {('losses', 'hole_weight'): 0.0, ('losses', 'hole_start'): 0}
+KEY_NEUTRAL = {('losses', 'hole_weight'): 0.0, ('losses', 'hole_start'): 0, ('contrast_unit',): 1.0}
 
 def key_config(config: dict) -> dict:
     "`config` (a resolved config dict) without the `KEY_NEUTRAL` fields that hold their neutral value: what a key hashes."
