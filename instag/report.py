@@ -77,6 +77,9 @@ CLAIMS = (
     ('T8: both aligner parts beat scale only', ('T8', 'both', None), ('T8', 'scale', None), None),
     ('T5: personalized fields in pre-training help', ('T5pre', 'prior_full', None), ('T5pre', 'prior_no_personal', None), None),
     ('T5: the negative contrast loss helps', ('T5pre', 'prior_full', None), ('T5pre', 'prior_no_contrast', None), None),
+    # stop 28: the hinge on d_mu in the fields' output unit (contrast_unit 1e-2), pre-training's default since then
+    ('T5: the negative contrast loss helps (hinge in field units)', ('T5pre', 'prior_unit', None), ('T5pre', 'prior_no_contrast', None), None),
+    ('instag: the contrast hinge in field units beats it on metres', ('T5pre', 'prior_unit', None), ('T5pre', 'prior_full', None), None),
     # instag's own change, not the paper's (cpu protocol grid T1rbg): a random colour behind each branch while it trains alone
     ('instag: a random region background beats white (adapted)', ('T1rbg', 'adapted', None), ('T1', 'adapted', None), 'synthetic'),
     ('instag: a random region background beats white (scratch)', ('T1rbg', 'scratch', None), ('T1', 'scratch', None), 'synthetic'),
