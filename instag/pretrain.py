@@ -244,8 +244,6 @@ def corpus_manifest(datasets: list[TalkingHeadDataset], splits: list) -> list[di
 class Pretrainer(Trainer):
     "The `Trainer` on a `PretrainModel`; at the end it writes the prior (universal fields, raw and EMA) and the heads."
     dist: Dist = Dist()
-    # fields added after runs were written, with the value those runs had (a checkpoint without them resumes as it ran)
-    legacy_config = dict(contrast_unit=1.0)
     def save_model(self) -> Path:
         m, info, d = self.model, self.info, self.dist
         if d.active:
@@ -320,8 +318,7 @@ def resume_pretrain(run_dir: Path | str, callbacks=(), verbose: bool = True) -> 
     if not (run_dir / CONFIG).exists(): raise UserError(f'{run_dir} holds no config.yaml: give the folder of a pre-training run')
     info = read_run_info(run_dir)
     if info.get('job') != 'pretrain': raise UserError(f'{run_dir} is not a pre-training run (job {info.get("job")!r})')
-    import yaml
-    cfg = PretrainConfig.from_dict({**Pretrainer.legacy_config, **(yaml.safe_load((run_dir / CONFIG).read_text()) or {})})
+    cfg = PretrainConfig.from_yaml(run_dir / CONFIG)
     d = init_distributed(get_device(cfg.device))
     if d.world != info.get('world_size', 1):
         raise UserError(f'{run_dir} ran on {info.get("world_size", 1)} process(es): resume it with as many (torchrun --nproc_per_node)')

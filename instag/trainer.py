@@ -428,7 +428,7 @@ def _load_checkpoint(self: Trainer, path: Path | str | None = None) -> None:
     s = load_torch(path, 'checkpoint')
     if not isinstance(s, dict) or 'model' not in s or 'step' not in s:
         raise UserError(f'{path} is not an instag checkpoint: start a new run (or restore the checkpoint the run wrote)')
-    d = first_difference({**getattr(self, 'legacy_config', {}), **s.get('config', {})}, self.cfg.to_dict(), ignore=RESUME_MAY_CHANGE)
+    d = first_difference(s.get('config', {}), self.cfg.to_dict(), ignore=RESUME_MAY_CHANGE)
     if d: raise UserError(f'{path} was written with {d[0]} = {d[1]!r}, the run\'s config says {d[2]!r}: put the value back '
                           'in config.yaml, or start a new run for the new value')
     if hasattr(self.model, 'load_state'): self.model.load_state(s['model'])  # a model of many heads loads itself

@@ -44,20 +44,6 @@ def test_pretraining_resumes_exactly(corpus, tmp_path):
     assert (tmp_path / 'full' / 'prior.pt').stat().st_size < 5 * 2**20
 
 
-def test_a_run_from_before_contrast_unit_resumes_on_metres(corpus, tmp_path):
-    "A run whose config and checkpoint predate contrast_unit ran the hinge on metres: it resumes so, not refused."
-    import yaml
-    cfg = pretrain_config('cpu', **TINY)
-    with pytest.raises(Killed):
-        pretrain(corpus, cfg, run_dir=tmp_path / 'old', verbose=False, callbacks=[KillAt(8)])
-    c = yaml.safe_load((tmp_path / 'old' / 'config.yaml').read_text()); del c['contrast_unit']
-    (tmp_path / 'old' / 'config.yaml').write_text(yaml.safe_dump(c))
-    ck = torch.load(tmp_path / 'old' / 'checkpoint.pt', weights_only=False)
-    del ck['config']['contrast_unit']; torch.save(ck, tmp_path / 'old' / 'checkpoint.pt')
-    t = resume_pretrain(tmp_path / 'old', verbose=False)
-    assert t.cfg.contrast_unit == 1.0 and t.step > 0
-
-
 def test_contrast_loss_pushes_only_the_current_identity():
     torch.manual_seed(0)
     d_i = torch.randn(50, 3, requires_grad=True)
