@@ -71,12 +71,12 @@ def test_contrast_term_does_not_train_the_negatives(corpus, tmp_path):
     (c + out.parts['personal'].d_means.sum() * 0).backward()
     grads = [any(p.grad is not None for p in h.face.personal.parameters()) for h in t.model.heads]
     assert grads[s.identity] and not any(g for j, g in enumerate(grads) if j != s.identity)
-    # the hinge is on d_mu in units of contrast_unit (default 1e-2 m): on metres the same step costs 1e4 times less
-    assert t.cfg.contrast_unit == 1e-2
-    t.cfg = t.cfg.replace(contrast_unit=1.0)
-    c_metres = LOSS_TERMS['contrast'](t, out)
+    # the hinge is on d_mu in units of contrast_unit (default 1 m): in the fields' unit (1e-2 m) the same step costs 1e4x
+    assert t.cfg.contrast_unit == 1.0
+    t.cfg = t.cfg.replace(contrast_unit=1e-2)
+    c_units = LOSS_TERMS['contrast'](t, out)
     assert float(c.detach()) > 0
-    torch.testing.assert_close(c_metres * 1e4, c, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(c.detach() * 1e4, c_units, rtol=1e-5, atol=0.0)
 
 
 def test_corpus_refuses_adaptation_targets_and_too_few(corpus, tmp_path):
