@@ -18,9 +18,6 @@ sys.path.insert(0, str(ROOT))
 
 SYNTH = dict(identities=6, seconds=24.0, size=128, seed=100)  # seeds disjoint from the demo's and the tests' (seed 0)
 REAL_SIZE = 128
-# The shipped priors use the contrast hinge on metres (contrast_unit 1, pre-training's default), stated here so that a
-# rebuild stays the same: the field-unit form (1e-2) adapted worse in the protocol's T5pre (nbs/experiments/pretrain_results).
-CONTRAST_UNIT = 1.0
 LICENSES = {  # corpus/MANIFEST.md of ../shared/data: source repository and license of each clip
     'dfrf_cnn2': 'sstzal/DFRF (MIT)', 'dfrf_french': 'sstzal/DFRF (MIT)', 'edtalk_pose_source2': 'tanshuai0219/EDTalk (Apache-2.0)',
     'styletalk_obama_clip2': 'FuxiVirtualHuman/styletalk (MIT)', 'styletalk_andrew_clip2': 'FuxiVirtualHuman/styletalk (MIT)',
@@ -122,7 +119,7 @@ def main(argv=None) -> int:
     corpus = make_corpus(a.name)
     if not (run_dir / 'prior.pt').exists():
         if (run_dir / 'config.yaml').exists(): resume_pretrain(run_dir)
-        else: pretrain(corpus, pretrain_config(a.preset, contrast_unit=CONTRAST_UNIT), run_dir=run_dir)
+        else: pretrain(corpus, pretrain_config(a.preset), run_dir=run_dir)
     metrics = evaluate_pretrain(run_dir, frames=60, lmd=True)
     prior = load_prior(run_dir)
     minutes = json.loads((run_dir / 'losses.json').read_text())[-1]['seconds'] / 60
