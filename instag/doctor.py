@@ -71,6 +71,15 @@ def _check_audio_encoders() -> Check:
     ok = 'aac' in names
     return Check('audio encoders', ok, ', '.join(names) or 'none', '' if ok else 'rendered mp4s have no sound track')
 
+def _check_speech_encoder() -> Check:
+    from instag.prepare.speech_encoder import DEFAULT_ENCODER, ENCODERS, _registry_files, encoder_status
+    why = encoder_status(DEFAULT_ENCODER)
+    if why: return Check('speech encoder', False, why.split(':')[0], 'datasets get log-mel audio features only: ' + why.split(': ')[-1])
+    try: _registry_files(ENCODERS[DEFAULT_ENCODER])
+    except Exception as e: return Check('speech encoder', False, str(e).split(':')[0], str(e).split(': ')[-1])
+    ok, d = _version('ctranslate2')
+    return Check('speech encoder', True, f'{DEFAULT_ENCODER} (weights sha256 {ENCODERS[DEFAULT_ENCODER].sha256[:12]} ok; ctranslate2 {d})')
+
 def _check_compiler() -> Check:
     cxx = shutil.which('c++') or shutil.which('g++')
     if not cxx: return Check('C++ compiler', False, 'not found', 'no compiled CPU kernels: apt-get install g++')
@@ -86,7 +95,7 @@ def checks() -> list[Check]:
     rows.append(_check_cuda())
     ok, d = _version('gsplat'); rows.append(Check('gsplat', ok, d, '' if ok else 'the CUDA rasterizer is not used (CPU kernel instead)'))
     ok, d = _version('tinycudann'); rows.append(Check('tinycudann', ok, d, '' if ok else 'the CUDA hash grid is not used (PyTorch grid instead)'))
-    for fn in (_check_compiler, _check_cpu_rasterizer, _check_mediapipe, _check_ffmpeg, _check_audio_encoders):
+    for fn in (_check_compiler, _check_cpu_rasterizer, _check_mediapipe, _check_ffmpeg, _check_audio_encoders, _check_speech_encoder):
         try: rows.append(fn())
         except Exception as e: rows.append(Check(fn.__name__[7:], False, f'check failed: {e}'))
     for mod, cost in (('viser', 'no live 3D viewer (instag view)'), ('papermill', 'no parameterized experiment notebooks'),

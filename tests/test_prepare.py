@@ -303,8 +303,9 @@ def test_whisper_encoder_features(shared_data):
     from instag.audio import load_audio
     from instag.prepare.speech_encoder import encoder_features, whisper_log_mel
     wav = load_audio(shared_data / 'musetalk_eng.wav')[: 16000 * 30]
-    feats, kind = encoder_features(wav[:16000 * 2], path, 50)
-    assert kind == 'whisper' and feats.shape[:2] == (50, 2) and np.isfinite(feats).all()
+    feats, info = encoder_features(wav[:16000 * 2], path, 50)
+    assert info['kind'] == 'whisper' and info['path'] == str(path.resolve()) and len(info['sha256']) == 64
+    assert feats.shape[:2] == (50, 2) and np.isfinite(feats).all()
     model = ctranslate2.models.Whisper(str(path), device='cpu')
     mel = whisper_log_mel(wav)[None, :, :3000]
     res = model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), [[50257, 50362]], max_length=40)
