@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import UserError, dataset_fingerprint, file_hash, new_run_dir, seed_everything
-from .data import TalkingHeadDataset
+from .data import TalkingHeadDataset, pinned_audio_choice
+from .layout import Metadata
 from .motion import MotionFieldConfig
 from .prior import check_prior, load_prior, prior_fields
 from .runs import CHECKPOINT, CONFIG, execute_notebook, read_run_info, write_run_info
@@ -20,8 +21,8 @@ from .trainer import Callback, Stage, Trainer, scale_lr
 
 # %% auto #0
 __all__ = ['ALIGNER_CHOICES', 'PRESETS', 'EXPERIMENT_NOTEBOOK', 'adapt_synthesizer', 'AdaptConfig', 'adapt_config',
-           'resolve_adapt', 'adapt_stages', 'AdaptMotionLR', 'prior_info', 'make_adapter', 'adapt', 'resume_adapt',
-           'main_adapt', 'run_notebook']
+           'resolve_adapt', 'prior_audio_choice', 'adapt_stages', 'AdaptMotionLR', 'prior_info', 'make_adapter',
+           'adapt', 'resume_adapt', 'main_adapt', 'run_notebook']
 
 # %% ../nbs/50_adapt.ipynb #9684d4de
 ALIGNER_CHOICES = ('none', 'offset', 'scale', 'both')
@@ -84,7 +85,7 @@ def resolve_adapt(cfg: AdaptConfig, ds: TalkingHeadDataset) -> AdaptConfig:
                     **{f'synthesizer__{b}__motion__audio_in_dim': A for b in BRANCHES})
     else:
         prior = load_prior(cfg.prior)
-        check_prior(prior, ds.audio_source, A)
+        check_prior(prior, ds.audio_source, A, encoder=ds.audio_encoder)
         for b in BRANCHES:
             for k, v in MotionFieldConfig.from_dict(prior['motion'][b]).to_params().items():
                 over[f'synthesizer__{b}__motion__{k}'] = v
@@ -98,6 +99,14 @@ def resolve_adapt(cfg: AdaptConfig, ds: TalkingHeadDataset) -> AdaptConfig:
     if not cfg.hook: over.update(synthesizer__hook=False, synthesizer__mouth__hook_scale_hidden=0)
     if not cfg.geometry: over.update(losses__depth_weight=0.0, losses__normal_weight=0.0)
     return cfg.replace(**over)
+
+def prior_audio_choice(cfg: AdaptConfig, root: Path) -> AdaptConfig:
+    "With `data.audio` auto and a prior, read the features the prior hears when the dataset has them (log-mel or an encoder's)."
+    if cfg.prior == 'none' or cfg.data.audio != 'auto' or not (root / 'metadata.json').exists(): return cfg
+    kind = load_prior(cfg.prior)['audio']['kind']
+    listed = {v.get('encoder', k) for k, v in Metadata.read(root).audio_features.items()}
+    if kind == 'log-mel': return cfg.replace(data__audio='mel')
+    return cfg.replace(data__audio=kind) if kind in listed else cfg
 
 # %% ../nbs/50_adapt.ipynb #935b0b6a
 def adapt_stages(cfg: AdaptConfig) -> list[Stage]:
@@ -151,8 +160,9 @@ def adapt(data: Path | str,                  # dataset folder (or a name under d
           ) -> Trainer:
     "Adapt a prior to the person in `data`; the run directory holds config.yaml, checkpoints, model.pt, curves, metrics."
     root_ds = resolve_dataset(data)
-    cfg = cfg or adapt_config()
+    cfg = prior_audio_choice(cfg or adapt_config(), root_ds)
     ds = TalkingHeadDataset(root_ds, cfg.data)
+    if cfg.data.audio == 'auto': cfg = cfg.replace(data__audio=pinned_audio_choice(ds.audio_source))  # resumes read the same
     cfg = resolve_adapt(cfg, ds)
     ds.split(cfg.seconds or None, cfg.test_split)  # refuse an impossible split before a run folder exists
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir('adapt', tag or root_ds.name, root=root)

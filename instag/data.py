@@ -24,8 +24,8 @@ from .layout import (AU_NAMES, FACE_BRANCH_LABELS, FPS, LABELS, MOUTH_BRANCH_LAB
 
 # %% auto #0
 __all__ = ['PARSING_TOLERANCE', 'OFFICIAL_AUDIO_FEATURES', 'HOLDOUT_S', 'parsing_to_labels', 'audio_window',
-           'load_audio_features', 'Frame', 'FrameBatch', 'collate', 'LRUCache', 'DataConfig', 'Split',
-           'read_transforms', 'TalkingHeadDataset']
+           'load_audio_features', 'audio_feature_entry', 'pinned_audio_choice', 'Frame', 'FrameBatch', 'collate',
+           'LRUCache', 'DataConfig', 'Split', 'read_transforms', 'TalkingHeadDataset']
 
 # %% ../nbs/22_data.ipynb #65a5b8db
 # official parsing region -> instag label
@@ -74,15 +74,17 @@ def _as_features(x: np.ndarray, name: str) -> Tensor:  # -> [T, W, A] float32
 
 def load_audio_features(root: Path | str, choice: str = 'auto', metadata: Metadata | None = None,
                         frames: int | None = None, fps: float = FPS) -> tuple[Tensor, str]:  # [T, W, A], description
-    "The per-frame audio features of a dataset: `choice` is auto, mel, deepspeech, wav2vec, hubert or a .npy path."
+    "The per-frame audio features of a dataset: `choice` is auto (a speech encoder's first), mel, whisper, deepspeech, wav2vec, hubert or a .npy path."
     root = Path(root)
     listed = [(v['file'], v.get('encoder', k)) for k, v in (metadata.audio_features if metadata else {}).items()]
+    is_mel = lambda c: c[0] == MEL_FILE or c[1] == 'log-mel'
+    listed = [c for c in listed if not is_mel(c)] + [c for c in listed if is_mel(c)]
     official = list(OFFICIAL_AUDIO_FEATURES.items())
     if choice == 'auto': candidates = listed + official
     elif choice == 'mel': candidates = [(MEL_FILE, 'log-mel')]
-    elif choice in set(OFFICIAL_AUDIO_FEATURES.values()):
+    elif choice in {e for _, e in listed} | set(OFFICIAL_AUDIO_FEATURES.values()):
         candidates = [(f, e) for f, e in listed + official if e == choice]
-    else: candidates = [(choice, 'custom')]
+    else: candidates = [(choice, next((e for f, e in listed if f == choice), 'custom'))]
     for file, encoder in candidates:
         path = root / file
         if path.exists(): return _as_features(np.load(path), file), f'{file} ({encoder})'
@@ -92,6 +94,17 @@ def load_audio_features(root: Path | str, choice: str = 'auto', metadata: Metada
         return _as_features(log_mel_windows(wav, fps=fps, frames=frames), 'aud.wav'), 'aud.wav (log-mel, computed)'
     tried = ', '.join(f for f, _ in candidates) or 'none'
     raise UserError(f'no audio features for audio={choice!r} in {root} (looked for {tried}): extract them, or give aud.wav')
+
+def audio_feature_entry(metadata: Metadata | None, source: str) -> dict | None:
+    "The `audio_features` entry of `metadata` the loaded features (`source`, as `load_audio_features` describes them) came from."
+    file = source.split(' (')[0]
+    return next((dict(v) for v in (metadata.audio_features if metadata else {}).values() if v.get('file') == file), None)
+
+def pinned_audio_choice(source: str) -> str:
+    "The `DataConfig.audio` that reads exactly the features described by `source` again, whatever files are added later."
+    file = source.split(' (')[0]
+    if file == MEL_FILE or 'log-mel' in source: return 'mel'
+    return file if file.endswith('.npy') else 'auto'
 
 # %% ../nbs/22_data.ipynb #42143129
 def _isin(labels: Tensor, values) -> Tensor:
@@ -188,7 +201,8 @@ HOLDOUT_S = 12.0
 
 @dataclass
 class DataConfig(Config):
-    # per-frame audio features: auto, mel, deepspeech, wav2vec, hubert, or a .npy path inside the dataset
+    # per-frame audio features: auto (a speech encoder's when the dataset has them, else log-mel), mel, whisper,
+    # deepspeech, wav2vec, hubert, or a .npy path inside the dataset
     audio: str = 'auto'
     # video frames in the window the audio network reads around frame i: [i - 4, i + 4)
     audio_window: int = 8
@@ -252,6 +266,7 @@ class TalkingHeadDataset:
         self.aus = self._read_aus()
         self.audio_features, self.audio_source = load_audio_features(self.root, self.config.audio, self.metadata,
                                                                      frames=self.ids[-1] + 1, fps=self.fps)
+        self.audio_encoder = audio_feature_entry(self.metadata, self.audio_source)  # what made them (encoder name, hash), if recorded
         self.plate = _rgb(self.root / 'bc.jpg') if (self.root / 'bc.jpg').exists() else np.zeros((h, w, 3), np.uint8)
         self.prior_dirs = {k: _prior_dir(self.root, k) for k in ('depth', 'normal')}
         self.mouth_open = self._read_mouth_open()

@@ -15,8 +15,9 @@ from torch import Tensor
 
 from .audio import load_audio, log_mel_windows
 from .core import UserError, dataset_fingerprint, notice, probe_writable
-from .data import DataConfig, TalkingHeadDataset, audio_window
+from .data import DataConfig, TalkingHeadDataset, audio_window, pinned_audio_choice
 from .layout import SAMPLE_RATE
+from .prior import audio_kind
 from .video import Mp4Writer
 from .runs import load_model
 from .talking_head import Composite, DeformedHead, TalkingHead, to_uint8
@@ -65,11 +66,15 @@ class TrainedHead:
 
     def features(self, wav: np.ndarray,  # [S] float mono at 16 kHz
                  frames: int | None = None) -> Tensor:  # [T, W, A]
-        "Per-frame audio features of `wav`, made as the training features were (log-mel windows)."
-        if 'log-mel' not in self.audio_source and 'aud_mel' not in self.audio_source:
-            raise UserError(f'this run was trained on {self.audio_source}, which instag cannot compute from a wav: '
-                            're-train on a dataset with log-mel features (instag prepare / synth write them)')
-        return torch.from_numpy(log_mel_windows(wav, SAMPLE_RATE, self.fps, frames))
+        "Per-frame audio features of `wav`, made as the training features were (log-mel windows, or the same speech encoder)."
+        kind = audio_kind(self.audio_source)
+        if kind == 'log-mel': return torch.from_numpy(log_mel_windows(wav, SAMPLE_RATE, self.fps, frames))
+        if kind == 'whisper' and (self.ds.audio_encoder or {}).get('sha256'):
+            from instag.prepare.speech_encoder import features_like
+            frames = frames if frames is not None else math.ceil(len(wav) / SAMPLE_RATE * self.fps)
+            return torch.from_numpy(features_like(self.ds.audio_encoder, wav, frames, self.fps))
+        raise UserError(f'this run was trained on {self.audio_source}, which instag cannot compute from a wav: re-train on a '
+                        'dataset with log-mel or speech encoder features (instag prepare writes both when the encoder is installed)')
 
     def conditions(self, k: int, audio: Tensor | None = None):
         "`Conditions` of output frame `k`: audio window `k` of `audio` (default: the loop frame's own)."
@@ -108,7 +113,9 @@ def load_run(run_dir: Path | str, dataset: Path | str | None = None, force: bool
     if dataset is not None and not force and info.get('dataset_hash') and dataset_fingerprint(root) != info['dataset_hash']:
         raise UserError(f'{root} holds another recording than the one {run_dir} was trained on (its aud.wav differs): give '
                         'that dataset, or --force to render this head over another person\'s frames')
-    ds = TalkingHeadDataset(root, DataConfig.from_dict(info['data']))
+    data = DataConfig.from_dict(info['data'])  # the features it trained on, even if the dataset gained others since
+    if data.audio == 'auto' and info.get('audio_source'): data = data.replace(audio=pinned_audio_choice(info['audio_source']))
+    ds = TalkingHeadDataset(root, data)
     return TrainedHead(model, ds, info['train_ids'], info['audio_source'], run_dir)
 
 # %% ../nbs/46_inference.ipynb #fc10d47d

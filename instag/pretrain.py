@@ -17,7 +17,7 @@ from .distributed import Dist, DistributedCallback, gather_heads, init_distribut
 from .data import DataConfig, TalkingHeadDataset
 from .gaussians import DensifyStrategy
 from .motion import MotionField
-from .prior import PRIOR, audio_kind, file_hash, save_prior
+from .prior import PRIOR, audio_kind, describe_audio, file_hash, save_prior
 from .runs import CONFIG, CHECKPOINT, MODEL, load_model_state, read_run_info, save_torch, write_run_info
 from .talking_head import SynthesizerConfig, TalkingHead, face_branch_config, field_deformation, mouth_branch_config
 from .train import parse_params
@@ -273,7 +273,8 @@ def make_pretrainer(cfg: PretrainConfig, datasets: list[TalkingHeadDataset], run
     samplers = [FrameSampler(datasets[i], splits[i][0], cfg.lip_sampling, seed=cfg.seed + 1000 * (i + 1)) for i in owned]
     ds0 = datasets[0]
     audio = dict(kind=audio_kind(ds0.audio_source), source=ds0.audio_source, dim=int(ds0.audio_features.shape[-1]),
-                 window=int(ds0.audio_features.shape[1]), frames=cfg.data.audio_window, fps=ds0.fps)
+                 window=int(ds0.audio_features.shape[1]), frames=cfg.data.audio_window, fps=ds0.fps,
+                 **({'encoder': _encoder_record(ds0.audio_encoder)} if _encoder_record(ds0.audio_encoder) else {}))
     info = dict(audio=audio, corpus=corpus_manifest(datasets, splits), corpus_name=corpus_name,
                 datasets=[str(ds.root.resolve()) for ds in datasets], test_ids=[list(te) for _, te in splits])
     cbs = [EMACallback(), MotionLRDecay(), *([DistributedCallback(d)] if d.active else []), *callbacks]
@@ -287,9 +288,18 @@ def _datasets(roots: list[Path], cfg: PretrainConfig) -> list[TalkingHeadDataset
     "The corpus's datasets, each with its share of the frame cache; refuses a corpus that mixes audio features."
     data = cfg.data.replace(cache_mb=max(1, min(cfg.data.cache_mb, cfg.cache_mb_total // len(roots))))
     datasets = [TalkingHeadDataset(r, data) for r in roots]
-    kinds = {(audio_kind(ds.audio_source), int(ds.audio_features.shape[-1])) for ds in datasets}
-    if len(kinds) > 1: raise UserError(f'the corpus mixes audio features {sorted(kinds)}: prepare every video the same way')
+    kinds = {(audio_kind(ds.audio_source), int(ds.audio_features.shape[-1]), str(_encoder_record(ds.audio_encoder))) for ds in datasets}
+    if len(kinds) > 1:
+        names = sorted({describe_audio(audio_kind(ds.audio_source), int(ds.audio_features.shape[-1]), _encoder_record(ds.audio_encoder))
+                        for ds in datasets})
+        raise UserError(f'the corpus mixes audio features ({"; ".join(names)}): prepare every video the same way '
+                        '(instag prepare-corpus with the same --audio-encoder)')
     return datasets
+
+def _encoder_record(entry: dict | None) -> dict | None:
+    "What a prior records of the encoder behind a dataset's features: name, weights hash, window (None for log-mel)."
+    if not entry or not entry.get('sha256'): return None
+    return {k: entry[k] for k in ('name', 'sha256', 'context_s') if k in entry}
 
 def pretrain(corpus: Path | str, cfg: PretrainConfig | None = None, run_dir: Path | str | None = None, tag: str = '',
              callbacks=(), verbose: bool = True, root: Path | str | None = None) -> Pretrainer:

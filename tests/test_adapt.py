@@ -230,3 +230,33 @@ def test_adapt_from_a_local_pretraining_run(person, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     run = json.loads(next((tmp_path / 'out').glob('adapt/*/run.json')).read_text())
     assert run['prior']['path'] == str(pre.run_dir / 'prior.pt') and len(run['prior']['hash']) == 16
+
+
+def test_a_prior_hears_its_own_features_and_refuses_others(tmp_path):
+    "A prior pre-trained on speech encoder features: adapt reads those, a log-mel prior reads log-mel from the same dataset,"
+    "a dataset without them is refused in one line that names both, and the head renders new audio through the same encoder."
+    from instag.prepare.pipeline import add_encoder_features
+    from instag.prepare.speech_encoder import DEFAULT_ENCODER, encoder_status
+    if encoder_status(DEFAULT_ENCODER): pytest.skip(encoder_status(DEFAULT_ENCODER))
+    from instag.pretrain import pretrain, pretrain_config
+    from instag.synth.corpus import synthesize
+    corpus = synthesize(identities=2, seconds=2, size=48, seed=21, out=tmp_path / 'corpus', progress=False, video=False)
+    target, bare = synthesize(identities=2, seconds=3, size=48, seed=12, out=tmp_path / 'targets', progress=False, video=False)
+    for ds in (*corpus, target): add_encoder_features(ds, DEFAULT_ENCODER)
+    pre = pretrain(tmp_path / 'corpus', pretrain_config('cpu', face_iterations=3, mouth_iterations=2, face_static_iterations=1,
+                                                        mouth_static_iterations=1, synthesizer__face__init_points=60,
+                                                        synthesizer__mouth__init_points=30, threads=1, checkpoint_every_s=1e9),
+                   run_dir=tmp_path / 'pre', verbose=False)
+    assert pre.info['audio']['kind'] == 'whisper' and pre.info['audio']['dim'] == 512
+    small = {**TINY, 'face_iterations': 2, 'mouth_iterations': 2, 'fuse_iterations': 1, 'eval_frames': 0}
+    t = adapt(target, adapt_config('cpu', prior=str(pre.run_dir), **small), run_dir=tmp_path / 'enc', verbose=False, evaluate=False)
+    assert t.cfg.data.audio == 'whisper' and t.ds.audio_features.shape[-1] == 512
+    t = adapt(target, adapt_config('cpu', prior='synthetic', **small), run_dir=tmp_path / 'mel', verbose=False, evaluate=False)
+    assert t.cfg.data.audio == 'mel' and t.ds.audio_features.shape[-1] == 80
+    r = _cli(str(bare), '--prior', str(pre.run_dir), '--out', str(tmp_path / 'out'))
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert 'pre-trained on whisper (whisper-base' in r.stderr and 'log-mel (80-dim)' in r.stderr and 'instag prepare' in r.stderr
+    from instag.inference import load_run
+    head = load_run(tmp_path / 'enc')
+    feats = head.features(np.zeros(16000, np.float32) + 0.01 * np.random.default_rng(0).standard_normal(16000).astype(np.float32))
+    assert feats.shape == (25, 2, 512)

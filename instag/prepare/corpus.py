@@ -29,15 +29,19 @@ def read_list(path: Path | str) -> list[dict]:
     if len(set(names)) != len(names): raise UserError(f'{path} names a dataset twice: give every row its own name')
     return out
 
-def prepare_corpus(list_csv: Path | str, out: Path | str, cfg: PrepareConfig | None = None, progress: bool = True) -> dict:
-    "Prepare every row of `list_csv` into `out/<name>` (finished ones are skipped); writes `out/corpus.txt`; returns a summary."
+def prepare_corpus(list_csv: Path | str, out: Path | str, cfg: PrepareConfig | None = None, progress: bool = True,
+                   audio_encoder: str | None = 'auto') -> dict:
+    "Prepare every row of `list_csv` into `out/<name>` (finished ones are skipped or only given missing encoder features); writes `out/corpus.txt`."
+    from instag.prepare.speech_encoder import resolve_encoder
     rows, out = read_list(list_csv), Path(out)
+    audio_encoder = resolve_encoder(audio_encoder)  # once, before any row: a missing encoder is one notice, not 31
     out.mkdir(parents=True, exist_ok=True)
     done, failed, t0 = [], {}, time.time()
     for k, r in enumerate(rows):
         if progress: print(f'instag prepare-corpus: [{k + 1}/{len(rows)}] {r["name"]}', file=sys.stderr, flush=True)
         try:
-            prepare(r['video'], out / r['name'], cfg or PrepareConfig(), r['audio'], progress=progress)
+            prepare(r['video'], out / r['name'], cfg or PrepareConfig(), r['audio'], progress=progress,
+                    audio_encoder=audio_encoder or 'none')
             done.append(r['name'])
         except UserError as e:
             failed[r['name']] = str(e)
@@ -54,8 +58,10 @@ def main_prepare_corpus(argv: list[str]) -> int:
     ap.add_argument('--out', required=True, help='folder for the datasets (one per row) and corpus.txt')
     ap.add_argument('--size', type=int, default=256, help='side of the square frames (default 256)')
     ap.add_argument('--no-priors', action='store_true', help='skip the depth and normal priors')
+    ap.add_argument('--audio-encoder', default='auto', help='speech encoder features beside log-mel, as instag prepare: auto (default), none, whisper-base, or a model folder')
     ap.add_argument('--quiet', action='store_true')
     a = ap.parse_args(argv)
-    s = prepare_corpus(a.list, a.out, PrepareConfig(size=a.size, priors=not a.no_priors), progress=not a.quiet)
+    s = prepare_corpus(a.list, a.out, PrepareConfig(size=a.size, priors=not a.no_priors), progress=not a.quiet,
+                       audio_encoder=a.audio_encoder)
     print(json.dumps(s))
     return 0 if s['prepared'] else 2

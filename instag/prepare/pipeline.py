@@ -4,7 +4,7 @@
 
 # %% ../../nbs/23_prepare.ipynb #c8378b2e
 from __future__ import annotations
-import argparse, hashlib, json, os, shutil, sys, time
+import argparse, hashlib, io, json, os, shutil, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,8 @@ from ..video import VideoInfo, iter_frames, probe_video
 # %% auto #0
 __all__ = ['OUTPUT_ENTRIES', 'TRACK_FILE', 'MOVING_BACKGROUND_PX', 'PrepareConfig', 'fingerprint', 'claim_output',
            'prepare_audio', 'run_tracking', 'Geometry', 'run_geometry', 'crop_frames', 'write_frame', 'write_frames',
-           'write_tables', 'prepare', 'main_prepare']
+           'write_tables', 'prepare', 'write_encoder_features', 'encoder_entry_matches', 'add_encoder_features',
+           'main_prepare']
 
 # %% ../../nbs/23_prepare.ipynb #cd985c6a
 @dataclass
@@ -243,10 +244,10 @@ def _load_track(root: Path):
 
 # %% ../../nbs/23_prepare.ipynb #78ba4667
 def prepare(video: Path | str, out: Path | str, cfg: PrepareConfig | None = None, audio: Path | str | None = None,
-            overwrite: bool = False, progress: bool = True, audio_encoder: Path | str | None = None) -> Path:
+            overwrite: bool = False, progress: bool = True, audio_encoder: Path | str | None = 'auto') -> Path:
     "Turn `video` (and its speech, or `audio`) into a complete dataset folder `out`; returns `out`."
-    from instag.prepare.speech_encoder import check_encoder
-    if audio_encoder: check_encoder(audio_encoder)
+    from instag.prepare.speech_encoder import resolve_encoder
+    audio_encoder = resolve_encoder(audio_encoder)  # auto: the shipped speech encoder when installed; none: log-mel only
     cfg = cfg or PrepareConfig(); t0 = time.time()
     video, out = Path(video), Path(out); audio = Path(audio) if audio else None
     if cfg.size < 64 or cfg.size % 2: raise UserError(f'--size {cfg.size}: give an even number of pixels, at least 64 (512 is the default)')
@@ -259,6 +260,7 @@ def prepare(video: Path | str, out: Path | str, cfg: PrepareConfig | None = None
     finger = fingerprint(video, audio, cfg)
     state = claim_output(out, finger, overwrite)
     if state == 'done':
+        if audio_encoder and add_encoder_features(out, audio_encoder): return out
         _log(f'{out} is already a complete dataset made from these inputs with these options: nothing to do (--overwrite redoes it)')
         return out
     wav, frames = prepare_audio(info, audio, frames, FPS)  # before anything is written: bad audio leaves no folder
@@ -272,7 +274,6 @@ def prepare(video: Path | str, out: Path | str, cfg: PrepareConfig | None = None
 
 def _prepare(info, wav, frames, out, cfg, audio, audio_encoder, finger, state, progress, t0) -> Path:
     from instag.prepare.report import write_report
-    from instag.prepare.speech_encoder import ENCODER_FILES, encoder_features
     video = info.path
     (out / 'instag').mkdir(parents=True, exist_ok=True)
     meta = Metadata(fps=FPS, width=cfg.size, height=cfg.size, frames=frames, source=str(video),
@@ -302,9 +303,7 @@ def _prepare(info, wav, frames, out, cfg, audio, audio_encoder, finger, state, p
     meta.audio_features = {'mel': vars(audio_feature_info(frames))}
     if audio_encoder:
         t = time.time()
-        feats, kind = encoder_features(wav, audio_encoder, frames)
-        np.save(out / ENCODER_FILES[kind], feats)
-        meta.audio_features[kind] = dict(file=ENCODER_FILES[kind], shape=list(feats.shape), encoder=kind, hop_s=0.02, offset_s=0.02)
+        meta.audio_features.update(write_encoder_features(out, wav, frames, audio_encoder))
         times['audio_encoder'] = time.time() - t; t = time.time()
     meta.tools = _tool_versions()
     meta.extra.update(_summary(info, geo, track, cfg), **split,
@@ -343,6 +342,35 @@ def _tool_versions() -> dict:
         except md.PackageNotFoundError: pass
     return out
 
+# %% ../../nbs/23_prepare.ipynb #a6878d4c
+def write_encoder_features(out: Path, wav: np.ndarray, frames: int, encoder: str) -> dict:
+    "Compute and save the speech encoder's features of `wav` in the dataset `out`; returns its `audio_features` entry."
+    from instag.prepare.speech_encoder import ENCODER_FILES, encoder_features
+    feats, info = encoder_features(wav, encoder, frames, FPS)
+    file = ENCODER_FILES[info['kind']]
+    buf = io.BytesIO(); np.save(buf, feats); atomic_write_bytes(out / file, buf.getvalue())
+    return {info['kind']: dict(file=file, shape=list(feats.shape), encoder=info['kind'], hop_s=0.02, offset_s=0.0,
+                               **{k: v for k, v in info.items() if k != 'kind'})}
+
+def encoder_entry_matches(entry: dict | None, encoder: str) -> bool:
+    "Whether a dataset's features entry was made by `encoder` (registry name: same weights hash and window) as it is now."
+    from instag.prepare.speech_encoder import ENCODERS, WHISPER_CONTEXT_S
+    if not entry: return False
+    if encoder in ENCODERS: return entry.get('sha256') == ENCODERS[encoder].sha256 and entry.get('context_s') == WHISPER_CONTEXT_S
+    return entry.get('name') == Path(encoder).name and 'sha256' in entry
+
+def add_encoder_features(out: Path | str, encoder: str) -> bool:
+    "Give a complete dataset made without them the speech encoder's features (resumable corpora); True when written."
+    from instag.prepare.speech_encoder import ENCODERS
+    out = Path(out); meta = Metadata.read(out)
+    kind = 'whisper' if encoder in ENCODERS else None
+    if kind and encoder_entry_matches(meta.audio_features.get(kind), encoder): return False
+    t = time.time()
+    meta.audio_features.update(write_encoder_features(out, load_audio(out / 'aud.wav', SAMPLE_RATE), meta.frames, encoder))
+    meta.write(out)
+    _log(f'{out}: added the {encoder} speech encoder features in {time.time() - t:.1f} s (the rest of the dataset was complete)')
+    return True
+
 # %% ../../nbs/23_prepare.ipynb #aa4018ef
 def main_prepare(argv: list[str]) -> int:
     "`instag prepare VIDEO --out DIR [--size 512] [--audio WAV] [--overwrite]`."
@@ -354,7 +382,8 @@ def main_prepare(argv: list[str]) -> int:
     ap.add_argument('--overwrite', action='store_true', help='replace a dataset already in --out')
     ap.add_argument('--no-priors', action='store_true', help='skip the depth and normal priors')
     ap.add_argument('--val-fraction', type=float, default=PrepareConfig.val_fraction, help='share of frames held out at the end (default 1/11)')
-    ap.add_argument('--audio-encoder', help='folder of a pretrained speech encoder on disk (Whisper in CTranslate2 format, or transformers HuBERT / wav2vec2): extra features; never downloaded')
+    ap.add_argument('--audio-encoder', default='auto', help="speech encoder features beside log-mel: auto (default: whisper-base when "
+                    "installed), none, whisper-base, or a model folder on disk (Whisper in CTranslate2 format, transformers HuBERT / wav2vec2); never downloaded")
     ap.add_argument('--quiet', action='store_true', help='no progress bars')
     a = ap.parse_args(argv)
     if not 0 <= a.val_fraction < 1:  # checked before any work
