@@ -65,14 +65,14 @@ class TrainedHead:
         return self._frames[i]
 
     def features(self, wav: np.ndarray,  # [S] float mono at 16 kHz
-                 frames: int | None = None) -> Tensor:  # [T, W, A]
+                 frames: int | None = None, progress: bool = False) -> Tensor:  # [T, W, A]
         "Per-frame audio features of `wav`, made as the training features were (log-mel windows, or the same speech encoder)."
         kind = audio_kind(self.audio_source)
         if kind == 'log-mel': return torch.from_numpy(log_mel_windows(wav, SAMPLE_RATE, self.fps, frames))
         if kind == 'whisper' and (self.ds.audio_encoder or {}).get('sha256'):
             from instag.prepare.speech_encoder import features_like
             frames = frames if frames is not None else math.ceil(len(wav) / SAMPLE_RATE * self.fps)
-            return torch.from_numpy(features_like(self.ds.audio_encoder, wav, frames, self.fps))
+            return torch.from_numpy(features_like(self.ds.audio_encoder, wav, frames, self.fps, progress))
         raise UserError(f'this run was trained on {self.audio_source}, which instag cannot compute from a wav: re-train on a '
                         'dataset with log-mel or speech encoder features (instag prepare writes both when the encoder is installed)')
 
@@ -140,7 +140,9 @@ def render_audio(head: TrainedHead, audio: Path | str | np.ndarray, out: Path | 
     wav = load_audio(audio) if not isinstance(audio, np.ndarray) else np.asarray(audio, np.float32)
     if max_seconds: wav = wav[:int(max_seconds * SAMPLE_RATE)]
     T = video_frames_for(len(wav), head.fps)
-    features = head.features(wav, frames=T)
+    t = time.time()
+    features = head.features(wav, frames=T, progress=progress)
+    features_s = time.time() - t
     writer = Mp4Writer(out, head.width, head.height, head.fps, wav)
     render_s, t0 = 0.0, time.time()
     for k in tqdm(range(T), desc='render', disable=not progress, leave=False):
@@ -150,7 +152,7 @@ def render_audio(head: TrainedHead, audio: Path | str | np.ndarray, out: Path | 
         writer.write(rgb)
     path = writer.close()
     return dict(out=str(path), frames=T, seconds=T / head.fps, render_fps=T / max(render_s, 1e-9),
-                total_fps=T / max(time.time() - t0, 1e-9))
+                total_fps=T / max(time.time() - t0, 1e-9), features_s=round(features_s, 2))
 
 def main_render(argv: list[str]) -> int:
     "`instag render RUN --audio speech.wav --out talk.mp4`."
@@ -175,5 +177,5 @@ def main_render(argv: list[str]) -> int:
     head = load_run(a.run, a.data, a.force)
     r = render_audio(head, wav, out, progress=not a.quiet, max_seconds=a.max_seconds)
     print(f'{r["out"]}: {r["frames"]} frames ({r["seconds"]:.2f} s) at {head.width}x{head.height}; '
-          f'render {r["render_fps"]:.1f} FPS, with encoding {r["total_fps"]:.1f} FPS')
+          f'audio features {r["features_s"]:.1f} s, render {r["render_fps"]:.1f} FPS, with encoding {r["total_fps"]:.1f} FPS')
     return 0

@@ -260,7 +260,7 @@ def prepare(video: Path | str, out: Path | str, cfg: PrepareConfig | None = None
     finger = fingerprint(video, audio, cfg)
     state = claim_output(out, finger, overwrite)
     if state == 'done':
-        if audio_encoder and add_encoder_features(out, audio_encoder): return out
+        if audio_encoder and add_encoder_features(out, audio_encoder, progress): return out
         _log(f'{out} is already a complete dataset made from these inputs with these options: nothing to do (--overwrite redoes it)')
         return out
     wav, frames = prepare_audio(info, audio, frames, FPS)  # before anything is written: bad audio leaves no folder
@@ -303,7 +303,7 @@ def _prepare(info, wav, frames, out, cfg, audio, audio_encoder, finger, state, p
     meta.audio_features = {'mel': vars(audio_feature_info(frames))}
     if audio_encoder:
         t = time.time()
-        meta.audio_features.update(write_encoder_features(out, wav, frames, audio_encoder))
+        meta.audio_features.update(write_encoder_features(out, wav, frames, audio_encoder, progress))
         times['audio_encoder'] = time.time() - t; t = time.time()
     meta.tools = _tool_versions()
     meta.extra.update(_summary(info, geo, track, cfg), **split,
@@ -343,10 +343,10 @@ def _tool_versions() -> dict:
     return out
 
 # %% ../../nbs/23_prepare.ipynb #a6878d4c
-def write_encoder_features(out: Path, wav: np.ndarray, frames: int, encoder: str) -> dict:
+def write_encoder_features(out: Path, wav: np.ndarray, frames: int, encoder: str, progress: bool = False) -> dict:
     "Compute and save the speech encoder's features of `wav` in the dataset `out`; returns its `audio_features` entry."
     from instag.prepare.speech_encoder import ENCODER_FILES, encoder_features
-    feats, info = encoder_features(wav, encoder, frames, FPS)
+    feats, info = encoder_features(wav, encoder, frames, FPS, progress=progress)
     file = ENCODER_FILES[info['kind']]
     buf = io.BytesIO(); np.save(buf, feats); atomic_write_bytes(out / file, buf.getvalue())
     return {info['kind']: dict(file=file, shape=list(feats.shape), encoder=info['kind'], hop_s=0.02, offset_s=0.0,
@@ -359,14 +359,14 @@ def encoder_entry_matches(entry: dict | None, encoder: str) -> bool:
     if encoder in ENCODERS: return entry.get('sha256') == ENCODERS[encoder].sha256 and entry.get('context_s') == WHISPER_CONTEXT_S
     return entry.get('name') == Path(encoder).name and 'sha256' in entry
 
-def add_encoder_features(out: Path | str, encoder: str) -> bool:
+def add_encoder_features(out: Path | str, encoder: str, progress: bool = False) -> bool:
     "Give a complete dataset made without them the speech encoder's features (resumable corpora); True when written."
     from instag.prepare.speech_encoder import ENCODERS
     out = Path(out); meta = Metadata.read(out)
     kind = 'whisper' if encoder in ENCODERS else None
     if kind and encoder_entry_matches(meta.audio_features.get(kind), encoder): return False
     t = time.time()
-    meta.audio_features.update(write_encoder_features(out, load_audio(out / 'aud.wav', SAMPLE_RATE), meta.frames, encoder))
+    meta.audio_features.update(write_encoder_features(out, load_audio(out / 'aud.wav', SAMPLE_RATE), meta.frames, encoder, progress))
     meta.write(out)
     _log(f'{out}: added the {encoder} speech encoder features in {time.time() - t:.1f} s (the rest of the dataset was complete)')
     return True
