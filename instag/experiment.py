@@ -15,10 +15,10 @@ from .index import CELL, INDEX, flat_metrics, index_runs
 from .runs import CHECKPOINT, MODEL, read_metrics
 
 # %% auto #0
-__all__ = ['JOBS', 'TEMPLATE_ONLY', 'KEY_NEUTRAL', 'TABLE_METRICS', 'GridSpec', 'ExperimentSpec', 'Cell', 'key_config',
-           'resolved_config', 'load_spec', 'expand', 'is_done', 'stderr_to', 'evaluated_on_all', 'run_cell', 'cell_row',
-           'committed_rows', 'write_csv', 'export_table', 'export_lip_gaps', 'export_results', 'run_experiment',
-           'main_experiment']
+__all__ = ['JOBS', 'TEMPLATE_ONLY', 'KEY_NEUTRAL', 'KEY_PRIORS', 'TABLE_METRICS', 'GridSpec', 'ExperimentSpec', 'Cell',
+           'key_config', 'prior_key', 'resolved_config', 'load_spec', 'expand', 'is_done', 'stderr_to',
+           'evaluated_on_all', 'run_cell', 'cell_row', 'committed_rows', 'write_csv', 'export_table', 'export_lip_gaps',
+           'export_results', 'run_experiment', 'main_experiment']
 
 # %% ../nbs/51_experiment.ipynb #acef151c
 JOBS = ('train', 'adapt', 'pretrain')
@@ -88,6 +88,20 @@ def key_config(config: dict) -> dict:
         if isinstance(d, dict) and name in d and d[name] == neutral: del d[name]
     return out
 
+# A prior is part of a cell's key through its content: a rebuilt prior under the same name makes new cells. Rows
+# committed before that hash the name the prior had then, as long as its file is still the one they ran with
+# (name -> (name in those keys, `file_hash` of that file)); `real-logmel` is the log-mel prior that shipped as `real`.
+KEY_PRIORS = {'synthetic': ('synthetic', '126e55496aac7a0d'), 'real-logmel': ('real', '5f7b3ca02b6f39e5')}
+
+def prior_key(prior: str) -> str:
+    "What a cell's key hashes for its `prior` parameter: the name and the file's content hash (see `KEY_PRIORS`)."
+    if not isinstance(prior, str) or prior in ('', 'none') or prior.startswith('cell:'): return prior
+    from instag.core import file_hash
+    from instag.prior import resolve_prior
+    h = file_hash(resolve_prior(prior))
+    name, legacy = KEY_PRIORS.get(prior, (None, None))
+    return name if legacy == h else f'{prior}@{h}'
+
 def resolved_config(job: str, params: dict) -> dict:
     "The job's config from its preset and `params` (unknown names refused here, before any run starts)."
     p = {k: v for k, v in params.items() if k not in TEMPLATE_ONLY.get(job, ())}
@@ -132,6 +146,7 @@ def expand(spec: ExperimentSpec, base: Path) -> list[Cell]:
             c = Cell(name, g.table, g.job, here(ds), vname, sec, int(seed), params, [here(a) for a in g.audio])
             hashed = dict(c.params)
             prior = hashed.get('prior')
+            if 'prior' in hashed and not str(prior).startswith('cell:'): hashed['prior'] = prior_key(prior)
             if isinstance(prior, str) and prior.startswith('cell:'):  # a prior made by a cell: its key, so a changed pre-training redoes this
                 ref = next((o for o in cells if o.name == prior[5:]), None)
                 if ref is None: raise UserError(f'cell {c.name}: prior {prior} names no earlier cell of this batch')
