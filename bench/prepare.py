@@ -1,4 +1,5 @@
-"""Benchmark `instag prepare`: wall and CPU time per 10 s of 512x512 video on this machine.
+"""Benchmark `instag prepare`: wall and CPU time per 10 s of 512x512 video on this machine (with the default speech
+encoder when it is installed: its seconds are the `audio_encoder` stage).
 
 Usage: .venv/bin/python bench/prepare.py [--seconds 10] [--size 512] [--clip PATH] [--write]
 
@@ -57,6 +58,7 @@ def main(argv=None):
     res = dict(clip=f'{src.name} first {a.seconds:g} s', frames=n, size=a.size, wall_s=round(wall, 1), cpu_s=round(cpu, 1),
                wall_per_10s=round(per10, 1), decode_wall_s=round(decode_wall, 2), ratio_to_decode=round(wall / decode_wall, 1),
                load_before=round(load0, 2), load_after=round(load1, 2), cores=os.cpu_count(), stages_s=meta['extra']['seconds'],
+               audio_encoder=(meta['audio_features'].get('whisper') or {}).get('name', 'none'),
                face_found_ratio=meta['extra']['face_found_ratio'], jitter_deg=[meta['extra']['pose_jitter_raw_deg'], meta['extra']['pose_jitter_deg']])
     print(json.dumps(res))
     if a.write: _write(res, argv)

@@ -6,7 +6,7 @@ Usage: .venv/bin/python tools/probe_audio_features.py [CORPUS_DIR] [--variants m
   `instag prepare-corpus ../shared/data/corpus/corpus.csv --out data/corpus_real --size 128`).
 
 For every speaker: a ridge regression fitted on all the other speakers maps a window of features (+-2 frames) to the
-standardized inner-lip gap `prepare` measured; the per-frame correlation with the held-out speaker's gap and the sync
+standardized inner-lip gap `prepare` measured (on a synthetic corpus: the true jaw opening); the per-frame correlation with the held-out speaker's gap and the sync
 confidence of the true lips against the prediction (`instag.lipsync.sync_score`) say how much lip motion the features
 carry for a person they never heard. Variants:
   mel   the sync score's own log-mel input (`instag.lipsync.lip_features`, ridge 0.1: `tools/build_lipsync.py`'s fit)
@@ -42,6 +42,13 @@ def window30(wav: np.ndarray, model, frames: int) -> np.ndarray:  # [T, 2, D]: t
     h = np.concatenate(out)
     h = np.pad(h[:2 * frames], ((0, max(0, 2 * frames - len(h))), (0, 0)), mode='edge')
     return h.reshape(frames, 2, -1)
+
+
+def target(dataset: Path) -> np.ndarray:  # [T]
+    "What the lips do per frame: the true jaw opening of a synthetic person, else the inner-lip gap prepare measured."
+    gt = dataset / 'instag' / 'motion_gt.npz'
+    if gt.exists(): return np.load(gt)['jaw'].astype(np.float64)
+    return np.load(dataset / 'instag' / 'mouth_open.npy').astype(np.float64)
 
 
 def with_context(x: np.ndarray, k: int = CONTEXT) -> np.ndarray:  # [T, D] -> [T, (2k + 1) D]
@@ -86,9 +93,9 @@ def main(argv=None) -> int:
     ap.add_argument('--card', action='store_true', help='write instag/priors/whisper-base.md')
     a = ap.parse_args(argv)
     corpus = Path(a.corpus)
-    names = sorted(p.name for p in corpus.iterdir() if (p / 'instag' / 'mouth_open.npy').exists())
+    names = sorted(p.name for p in corpus.iterdir() if (p / 'instag' / 'mouth_open.npy').exists() or (p / 'instag' / 'motion_gt.npz').exists())
     if len(names) < 3: sys.exit(f'{corpus}: fewer than 3 prepared speakers')
-    gaps = {n: np.load(corpus / n / 'instag' / 'mouth_open.npy').astype(np.float64) for n in names}
+    gaps = {n: target(corpus / n) for n in names}
     wavs = {n: load_audio(corpus / n / 'aud.wav') for n in names}
     model = se.load_whisper(se.DEFAULT_ENCODER)[0]
     results = {}
@@ -135,7 +142,7 @@ checks the SHA-256 of the joined `model.bin` when it loads them: `{spec.sha256}`
 
 ## Why this encoder: a linear probe on the real corpus
 
-Command: `.venv/bin/python tools/probe_audio_features.py {args}` at commit {git_commit()}, on the real pre-training corpus
+Command: `.venv/bin/python tools/probe_audio_features.py {args}` (commit {git_commit()[:7]} plus the tool as committed with this card), on the real pre-training corpus
 prepared at 128 px ({len(names)} speakers). Leave one speaker out: a ridge regression from +-{CONTEXT} frames of features to the
 standardized inner-lip gap, fitted on the other speakers; per-frame correlation with the held-out speaker's gap, and
 the sync confidence of the true lips against the prediction.
