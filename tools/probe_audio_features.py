@@ -56,10 +56,10 @@ def with_context(x: np.ndarray, k: int = CONTEXT) -> np.ndarray:  # [T, D] -> [T
     return x[idx].reshape(len(x), -1)
 
 
-def features(variant: str, wav: np.ndarray, frames: int, model, dataset: Path) -> np.ndarray:
+def features(variant: str, wav: np.ndarray, frames: int, model, dataset: Path, default: bool) -> np.ndarray:
     if variant == 'mel': return lip_features(log_mel_windows(wav, SAMPLE_RATE, 25, frames), CONTEXT)
     if variant == 'w30': f = window30(wav, model, frames)
-    elif _has_default_features(dataset, float(variant[1:])): f = np.load(dataset / 'aud_whisper.npy')[:frames]  # what prepare wrote
+    elif default and _has_default_features(dataset, float(variant[1:])): f = np.load(dataset / 'aud_whisper.npy')[:frames]  # what prepare wrote
     else: f = se.whisper_features(wav, model, frames, context_s=float(variant[1:]))
     return with_context(f.mean(1))
 
@@ -91,17 +91,19 @@ def main(argv=None) -> int:
     ap.add_argument('corpus', nargs='?', default=str(ROOT / 'data' / 'corpus_real'))
     ap.add_argument('--variants', default=f'mel,w30,c1.0,c{se.WHISPER_CONTEXT_S}')
     ap.add_argument('--card', action='store_true', help='write instag/priors/whisper-base.md')
+    ap.add_argument('--encoder', default=se.DEFAULT_ENCODER, help='the Whisper of the w30/cN variants: a registry name or a CTranslate2 folder')
     a = ap.parse_args(argv)
     corpus = Path(a.corpus)
     names = sorted(p.name for p in corpus.iterdir() if (p / 'instag' / 'mouth_open.npy').exists() or (p / 'instag' / 'motion_gt.npz').exists())
     if len(names) < 3: sys.exit(f'{corpus}: fewer than 3 prepared speakers')
     gaps = {n: target(corpus / n) for n in names}
     wavs = {n: load_audio(corpus / n / 'aud.wav') for n in names}
-    model = se.load_whisper(se.DEFAULT_ENCODER)[0]
+    model = se.load_whisper(a.encoder)[0]
+    if a.card and a.encoder != se.DEFAULT_ENCODER: sys.exit('--card describes the default encoder: leave --encoder out')
     results = {}
     for v in a.variants.split(','):
         t = time.time()
-        feats = {n: features(v, wavs[n], len(gaps[n]), model, corpus / n) for n in names}
+        feats = {n: features(v, wavs[n], len(gaps[n]), model, corpus / n, a.encoder == se.DEFAULT_ENCODER) for n in names}
         seconds = time.time() - t
         for ridge in ([0.1] if v == 'mel' else [0.1, 1.0]):
             rows = loso(feats, gaps, ridge)
