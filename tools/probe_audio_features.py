@@ -70,6 +70,18 @@ def _has_default_features(dataset: Path, context_s: float) -> bool:
     return entry.get('sha256') == se.ENCODERS[se.DEFAULT_ENCODER].sha256 and entry.get('context_s') == context_s
 
 
+def fit_and_score(feats: dict, gaps: dict, f: np.ndarray, g: np.ndarray, ridge: float, first: int) -> dict:
+    "Ridge fitted on every corpus speaker, scored on frames `first`.. of one new person (its test part)."
+    X = np.concatenate([feats[n][np.isfinite(gaps[n])] for n in feats])
+    y = np.concatenate([standardize(gaps[n][np.isfinite(gaps[n])]) for n in feats])
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    Z = (X - mu) / sd
+    w = np.linalg.solve(Z.T @ Z + ridge * len(Z) * np.eye(Z.shape[1]), Z.T @ y)
+    pred, g = (((f - mu) / sd) @ w)[first:], g[first:]
+    ok = np.isfinite(g)
+    return dict(frames=int(ok.sum()), corr=round(float(np.corrcoef(pred[ok], g[ok])[0, 1]), 3), sync_conf=sync_score(g, pred)['sync_conf'])
+
+
 def loso(feats: dict, gaps: dict, ridge: float) -> list[dict]:
     rows = []
     for held in feats:
@@ -91,6 +103,9 @@ def main(argv=None) -> int:
     ap.add_argument('corpus', nargs='?', default=str(ROOT / 'data' / 'corpus_real'))
     ap.add_argument('--variants', default=f'mel,w30,c1.0,c{se.WHISPER_CONTEXT_S}')
     ap.add_argument('--card', action='store_true', help='write instag/priors/whisper-base.md')
+    ap.add_argument('--targets', nargs='*', default=[], help='datasets outside the corpus: fit on every corpus speaker, '
+                    'report each target\'s frames after --seconds (what the features carry for a new person\'s test part)')
+    ap.add_argument('--seconds', type=float, default=5.0, help='with --targets: the training part to leave out of the score')
     ap.add_argument('--encoder', default=se.DEFAULT_ENCODER, help='the Whisper of the w30/cN variants: a registry name or a CTranslate2 folder')
     a = ap.parse_args(argv)
     corpus = Path(a.corpus)
@@ -106,6 +121,11 @@ def main(argv=None) -> int:
         feats = {n: features(v, wavs[n], len(gaps[n]), model, corpus / n, a.encoder == se.DEFAULT_ENCODER) for n in names}
         seconds = time.time() - t
         for ridge in ([0.1] if v == 'mel' else [0.1, 1.0]):
+            if a.targets:
+                for t in map(Path, a.targets):
+                    g = target(t); f = features(v, load_audio(t / 'aud.wav'), len(g), model, t, a.encoder == se.DEFAULT_ENCODER)
+                    print(json.dumps(dict(variant=v, ridge=ridge, target=t.name, **fit_and_score({n: x for n, x in feats.items() if n != t.name}, gaps, f, g, ridge, int(a.seconds * 25)))), flush=True)
+                continue
             rows = loso(feats, gaps, ridge)
             results[(v, ridge)] = rows
             c = np.array([r['corr'] for r in rows])
