@@ -327,3 +327,16 @@ def test_prepare_keeps_the_terminal_quiet(shared_data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
     assert lines and all(l.startswith('instag') for l in lines), lines
+    # the default audio features: the speech encoder's beside log-mel, recorded with the weights' hash and the window
+    from instag.prepare.speech_encoder import DEFAULT_ENCODER, ENCODERS, WHISPER_CONTEXT_S, encoder_status
+    meta = json.loads((tmp_path / 'face2' / 'metadata.json').read_text())
+    if encoder_status(DEFAULT_ENCODER) is None:
+        w = meta['audio_features']['whisper']
+        assert (w['sha256'], w['context_s'], w['shape'][1:]) == (ENCODERS[DEFAULT_ENCODER].sha256, WHISPER_CONTEXT_S, [2, 512])
+        assert np.load(tmp_path / 'face2' / 'aud_whisper.npy').shape[0] == meta['frames']
+    # --audio-encoder none: log-mel only
+    r = subprocess.run([sys.executable, '-m', 'instag', 'prepare', str(shared_data / 'videoretalking_face2.mp4'), '--out',
+                        str(tmp_path / 'mel'), '--size', '64', '--quiet', '--audio-encoder', 'none'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert set(json.loads((tmp_path / 'mel' / 'metadata.json').read_text())['audio_features']) == {'mel'}
+    assert not (tmp_path / 'mel' / 'aud_whisper.npy').exists()
