@@ -50,7 +50,7 @@ def test_30s_chunks_would_have_a_seam():
     wav = _speech(12.0, seed=1)
     import ctranslate2
     def chunk(piece):  # the old scheme: one 30-s window, audio at its start
-        mel = se.whisper_log_mel(np.pad(piece, (0, 30 * SAMPLE_RATE - len(piece))))[None, :, :3000]
+        mel = se.whisper_log_mel(np.pad(piece, (0, se.WHISPER_CHUNK_S * SAMPLE_RATE - len(piece))))[None, :, :se.WHISPER_CHUNK_S * 100]
         return np.asarray(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True))[0]
     a, b = chunk(wav), chunk(wav[SAMPLE_RATE * 4:])  # seconds 4..12 at window positions 4..12 vs 0..8
     x, y = a[200 + 100:600], b[100:400]

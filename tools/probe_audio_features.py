@@ -33,10 +33,10 @@ CONTEXT = 2  # +-frames of features the probe sees
 
 def window30(wav: np.ndarray, model, frames: int) -> np.ndarray:  # [T, 2, D]: the earlier scheme, for comparison
     import ctranslate2
-    chunk, out = 30 * SAMPLE_RATE, []
+    chunk, out = se.WHISPER_CHUNK_S * SAMPLE_RATE, []
     for s in range(0, len(wav), chunk):
         piece = wav[s:s + chunk]
-        mel = se.whisper_log_mel(np.pad(piece, (0, chunk - len(piece))))[None, :, :3000]
+        mel = se.whisper_log_mel(np.pad(piece, (0, chunk - len(piece))))[None, :, :se.WHISPER_CHUNK_S * 100]
         h = np.asarray(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True))[0]
         out.append(h[:int(np.ceil(len(piece) / SAMPLE_RATE * 50))])
     h = np.concatenate(out)
