@@ -8,6 +8,7 @@ import argparse, dataclasses, json, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import bounded
 from .core import UserError, dataset_fingerprint, file_hash, new_run_dir, seed_everything
 from .data import TalkingHeadDataset, pinned_audio_choice
 from .layout import Metadata
@@ -15,8 +16,8 @@ from .motion import MotionFieldConfig
 from .prior import check_prior, load_prior, prior_fields
 from .runs import CHECKPOINT, CONFIG, execute_notebook, read_run_info, write_run_info
 from .talking_head import BRANCHES, SynthesizerConfig, TalkingHead, face_branch_config, mouth_branch_config
-from .train import (PRESETS as TRAIN_PRESETS, TrainConfig, add_run_options, make_trainer, report_run, resolve_dataset,
-                          run_dataset, run_overrides, stages_for)
+from .train import (PRESETS as TRAIN_PRESETS, TrainConfig, add_run_options, claim_run_dir, make_trainer, report_run,
+                          resolve_dataset, run_dataset, run_overrides, stages_for)
 from .trainer import Callback, Stage, Trainer, scale_lr
 
 # %% auto #0
@@ -45,10 +46,10 @@ class AdaptConfig(TrainConfig):
     # the geometry prior regularizer (depth and normal losses of the face stage; weights and start in `losses`)
     geometry: bool = True
     # the first iterations of the face and mouth stages: universal lr x warmup_lr_factor, no aligner (METHOD: 3000, x 0.1)
-    warmup_iterations: int = 3000
-    warmup_lr_factor: float = 0.1
+    warmup_iterations: int = bounded(3000, ge=0)
+    warmup_lr_factor: float = bounded(0.1, ge=0)
     # after the warm-up every motion part's lr is x 0.5^(step / motion_lr_half_life) (METHOD: 10k)
-    motion_lr_half_life: int = 10_000
+    motion_lr_half_life: int = bounded(10_000, ge=1)
     # the prior as resolved when the run started: its file and content hash (written by `resolve_adapt`)
     prior_path: str = ''
     prior_hash: str = ''
@@ -159,6 +160,7 @@ def adapt(data: Path | str,                  # dataset folder (or a name under d
           fit: bool = True,                  # False: return the trainer before its first step (e.g. for a training panel)
           ) -> Trainer:
     "Adapt a prior to the person in `data`; the run directory holds config.yaml, checkpoints, model.pt, curves, metrics."
+    if run_dir is not None: claim_run_dir(run_dir, 'adapt')
     root_ds = resolve_dataset(data)
     cfg = prior_audio_choice(cfg or adapt_config(), root_ds)
     ds = TalkingHeadDataset(root_ds, cfg.data)

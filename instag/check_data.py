@@ -20,8 +20,9 @@ from .camera import Camera, intrinsics, opengl_c2w_to_opencv_w2c
 from .config import Config
 from .core import UserError, notice
 from .layout import (AU_NAMES, FACE_BRANCH_LABELS, FPS, LABELS, MOUTH_BRANCH_LABELS, PARSING_COLORS, REQUIRED_DIRS,
-                           REQUIRED_FILES, SAMPLE_RATE, Metadata, read_au_csv)
-from .data import TalkingHeadDataset, read_transforms, load_audio_features, OFFICIAL_AUDIO_FEATURES
+                           REQUIRED_FILES, SAMPLE_RATE, Metadata, inside, npy_problem, read_au_csv)
+from .data import (AUDIO_FIX, OFFICIAL_AUDIO_FEATURES, TalkingHeadDataset, frame_file_problems, frame_files, load_audio_features,
+                         max_audio_rows, prior_dir, read_transforms)
 
 # %% auto #0
 __all__ = ['JITTER_WINDOW', 'AUDIO_VIDEO_TOLERANCE_S', 'pose_jitter_deg', 'check_data', 'main_check_data']
@@ -87,6 +88,15 @@ def _check_images_decode(root: Path, ids: list[int], problems: list[str]) -> Non
     if bad: problems.append(f'{len(bad)} image files do not decode ({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""}): '
                             'they are truncated or corrupt; rerun instag prepare (or the step that wrote them)')
 
+def _check_frame_paths(root: Path, ids: list[int], size: tuple[int, int], problems: list[str]) -> None:
+    "The loader's check of every frame file: inside the folder; .npy masks and priors plain numbers of the frame size."
+    priors = {k: prior_dir(root, k) for k in ('depth', 'normal')}
+    files = {p for i in ids for d in ('gt_imgs', 'ori_imgs') for p in frame_files(root, i, d, priors).values() if p is not None}
+    files |= {root / 'parsing' / f'{i}.png' for i in ids} | {root / 'teeth_mask' / f'{i}.npy' for i in ids}
+    bad = frame_file_problems(root, sorted(files), size if all(size) else None, decode=False)  # images: _check_images_decode
+    if bad: problems.append(f'{len(bad)} frame files cannot be used ({"; ".join(bad[:3])}{"; ..." if len(bad) > 3 else ""}): '
+                            'remake them with instag prepare (every file inside the dataset folder, no links out)')
+
 def _check_sizes(root: Path, ids: list[int], intr: tuple, meta: Metadata | None, problems: list[str]) -> tuple[int, int]:
     "Frames, parsing maps, plate and metadata agree on the image size; the principal point is inside it."
     first = root / 'ori_imgs' / f'{ids[0]}.jpg'
@@ -137,15 +147,24 @@ def _check_audio(root: Path, frames: int, fps: float, meta: Metadata | None, pro
     listed = {v['file']: v.get('shape') for v in (meta.audio_features if meta else {}).values()}
     shapes = {}
     for file in [*OFFICIAL_AUDIO_FEATURES, *listed]:
-        if not (root / file).exists():
+        try: path = inside(root, file, 'the file')
+        except UserError as e: problems.append(str(e).removeprefix(f'{root}: ')); continue
+        if not path.exists():
             if file in listed: problems.append(f'{file} is listed in metadata.json but missing')
             continue
-        x = np.load(root / file, mmap_mode='r'); shapes[file] = list(x.shape)
+        why = npy_problem(path, max_audio_rows(frames, fps))
+        if why: problems.append(f'{file} {why}: {AUDIO_FIX}'); continue
+        x = np.load(path, mmap_mode='r', allow_pickle=False); shapes[file] = list(x.shape)
         if listed.get(file) and list(listed[file]) != list(x.shape):
             problems.append(f'{file} has shape {list(x.shape)} but metadata.json says {list(listed[file])}: rewrite one of them')
         if len(x) < frames: problems.append(f'{file} has {len(x)} rows for {frames} frames: re-extract the features from aud.wav')
         elif len(x) > frames + fps: problems.append(f'{file} has {len(x)} rows for {frames} frames: it belongs to a longer audio track')
         if not np.isfinite(np.asarray(x)).all(): problems.append(f'{file} holds NaN or inf: re-extract the features')
+    try:  # the mouth opening prepare measured: read by the loader like the features
+        mouth = inside(root, 'instag/mouth_open.npy', 'the file')
+        why = mouth.exists() and npy_problem(mouth, max_audio_rows(frames, fps))
+        if why: problems.append(f'instag/mouth_open.npy {why}: rerun instag prepare')
+    except UserError as e: problems.append(str(e).removeprefix(f'{root}: '))
     if not shapes and seconds is None: problems.append('no audio: neither aud.wav nor a feature file (aud_ds.npy, instag/aud_mel.npy, ...) is present')
     return seconds, shapes
 
@@ -156,6 +175,9 @@ def check_data(root: Path | str) -> tuple[list[str], dict]:
     stats = dict(layout=None, frames=0, face_found_ratio=None, pose_jitter_deg=None, audio_seconds=None)
     if not root.is_dir(): return [f'{root} is not a folder'], {**stats, 'ok': False}
     meta = None
+    for name in ('metadata.json', *REQUIRED_FILES):
+        try: inside(root, name, 'the file')
+        except UserError as e: problems.append(str(e).removeprefix(f'{root}: '))
     if (root / 'metadata.json').exists():
         try: meta = Metadata.read(root)
         except (UserError, TypeError, ValueError) as e: problems.append(f'metadata.json: {e}')
@@ -184,6 +206,7 @@ def check_data(root: Path | str) -> tuple[list[str], dict]:
     _check_frame_files(root, ids, problems)
     _check_images_decode(root, ids, problems)
     w, h = _check_sizes(root, ids, (t['focal'], t['cx'], t['cy']), meta, problems)
+    _check_frame_paths(root, ids, (w, h), problems)
     found = _check_aus(root, frames, problems)
     if found is None and meta: found = meta.extra.get('face_found_ratio')
     seconds, shapes = _check_audio(root, frames, fps, meta, problems)

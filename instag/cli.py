@@ -4,12 +4,12 @@
 
 # %% ../nbs/90_cli.ipynb #adffbf2a
 from __future__ import annotations
-import importlib, sys
+import errno, importlib, sqlite3, sys
 
 from .core import UserError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'main']
+__all__ = ['COMMANDS', 'DISK_ERRORS', 'SQLITE_DISK_ERRORS', 'STOPPED', 'main', 'disk_error']
 
 # %% ../nbs/90_cli.ipynb #3c1db696
 COMMANDS = {
@@ -66,5 +66,45 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if os.environ.get('INSTAG_DEBUG'): raise
         print(f'instag {name}: error: {e}', file=sys.stderr); return 2
-    except KeyboardInterrupt as e:  # a trainer's Interrupted says where its checkpoint is and how to continue
-        print(f'instag {name}: {e or "interrupted"}', file=sys.stderr); return 130
+    except (OSError, sqlite3.OperationalError) as e:
+        line = disk_error(e, rest)
+        if line is None or os.environ.get('INSTAG_DEBUG'): raise  # not the disk's fault: a bug, with its traceback
+        print(f'instag {name}: error: {line}', file=sys.stderr); return 2
+    except KeyboardInterrupt as e:  # a job's Interrupted says what was kept and how to continue; a bare one says nothing
+        print(f'instag {name}: {str(e) or STOPPED}', file=sys.stderr); return 130
+
+# %% ../nbs/90_cli.ipynb #8e9f7fd7
+# the disk's refusals: (cause, fix) by errno; EDQUOT is missing on some platforms
+DISK_ERRORS = {
+    errno.EACCES: ('permission denied', 'choose a place you can write to or change its permissions'),
+    errno.EPERM: ('operation not permitted', 'choose a place you can write to or change its permissions'),
+    errno.EROFS: ('the file system is read-only', 'choose an output folder on a writable disk'),
+    errno.ENOSPC: ('no space left on the device', 'free some space or choose an output folder on another disk, then run the command again'),
+    getattr(errno, 'EDQUOT', -1): ('the disk quota is exceeded', 'free some space or choose an output folder on another disk, then run the command again'),
+}
+SQLITE_DISK_ERRORS = {  # SQLite's messages for the same causes (it names no file)
+    'unable to open database file': DISK_ERRORS[errno.EACCES],
+    'attempt to write a readonly database': DISK_ERRORS[errno.EROFS],
+    'database or disk is full': DISK_ERRORS[errno.ENOSPC],
+}
+STOPPED = 'stopped by Ctrl-C before it finished: run the same command again to complete it'
+
+def _option(argv: list[str], name: str = '--out') -> str | None:
+    "The value of option `name` in a command's arguments, if any."
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv): return argv[i + 1]
+        if a.startswith(f'{name}='): return a[len(name) + 1:]
+    return None
+
+def disk_error(e: Exception, argv: list[str] = ()) -> str | None:
+    "One line for a permission, read-only or full-disk error (naming the file, or else `--out`); None for any other error."
+    if isinstance(e, sqlite3.OperationalError):
+        cause_fix = SQLITE_DISK_ERRORS.get(str(e))
+        first = next((a for a in argv if not a.startswith('-')), None)  # `instag runs ROOT`: the index is ROOT/index.sqlite
+        where = 'the SQLite run index ' + (_option(list(argv), '--index') or (f'in {first}' if first else '(see --index)'))
+    else:
+        cause_fix = DISK_ERRORS.get(getattr(e, 'errno', None))
+        where = e.filename or _option(list(argv)) or 'an output file'
+    if cause_fix is None: return None
+    return f'cannot write {where}: {cause_fix[0]}: {cause_fix[1]}'
+

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_config.ipynb #ed99e3d5
 from __future__ import annotations
-import dataclasses, difflib, typing
+import dataclasses, difflib, math, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import yaml
 from .core import UserError
 
 # %% auto #0
-__all__ = ['Config', 'first_difference']
+__all__ = ['bounded', 'plain_yaml', 'Config', 'first_difference']
 
 # %% ../nbs/01_config.ipynb #6bd9c63e
 def _hints(cls) -> dict:
@@ -29,9 +29,11 @@ def _flat_names(cls, prefix: str = '') -> list[str]:
     return out
 
 def _coerce(value, typ, name: str):
-    "Check `value` against the annotation `typ`, converting int->float and list->tuple; refuse the rest."
+    "Check `value` against the annotation `typ`, converting int->float and list->tuple; refuse the rest (and nan, inf)."
     origin, args = typing.get_origin(typ), typing.get_args(typ)
     if typ is typing.Any: return value
+    if isinstance(value, float) and not math.isfinite(value):  # a nan weight or lr trains to a nan loss, silently
+        raise UserError(f'config key {name!r}: {value!r} is not a finite number; give a finite value')
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         if value is None and type(None) in args: return None
         for a in args:
@@ -51,6 +53,24 @@ def _coerce(value, typ, name: str):
     if typ in (int, float, str, bool) and not (isinstance(value, typ) and not (typ is int and isinstance(value, bool))):
         raise UserError(f'config key {name!r}: {value!r} is a {type(value).__name__}, expected {typ.__name__}')
     return value
+
+def bounded(default, ge: float | None = None, gt: float | None = None, le: float | None = None):
+    "A dataclass field with `default` whose value must be >= `ge`, > `gt` and <= `le` (each when given)."
+    return field(default=default, metadata=dict(bounds=(ge, gt, le)))
+
+def _check_bounds(f: dataclasses.Field, value, name: str) -> None:
+    "Refuse a value outside the bounds a `bounded` field declares."
+    ge, gt, le = f.metadata.get('bounds', (None, None, None))
+    need = [f'>= {ge}' if ge is not None and value < ge else '', f'> {gt}' if gt is not None and value <= gt else '',
+            f'<= {le}' if le is not None and value > le else '']
+    if any(need): raise UserError(f'config key {name!r}: {value!r} is out of range; give a value {" and ".join(n for n in need if n)}')
+
+def plain_yaml(text: str, where: str):
+    "YAML text as plain data (numbers, text, lists, mappings); tags and syntax errors are refused naming `where`."
+    try: return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, 'problem', None) or (str(e).splitlines() or ['unreadable'])[0]
+        raise UserError(f'{where} is not plain YAML ({problem}): give plain values (numbers, true/false, text, lists)') from None
 
 # %% ../nbs/01_config.ipynb #4f8af535
 def _merge(base: dict, over: dict) -> dict:
@@ -84,7 +104,9 @@ class Config:
                 # a section's values override the field's own default (its default_factory), not the section class's
                 base = f.default_factory().to_dict() if f.default_factory is not dataclasses.MISSING else {}
                 kw[f.name] = t.from_dict(_merge(base, v), prefix=f'{prefix}{f.name}.')
-            else: kw[f.name] = _coerce(v, t, prefix + f.name)
+            else:
+                kw[f.name] = _coerce(v, t, prefix + f.name)
+                _check_bounds(f, kw[f.name], prefix + f.name)
         return cls(**kw)
 
     @classmethod
@@ -134,8 +156,11 @@ class Config:
     def from_yaml(cls, path_or_text: Path | str):
         "Read a config written by `to_yaml` (a path or the YAML text)."
         p = Path(path_or_text) if not str(path_or_text).lstrip().startswith('{') and '\n' not in str(path_or_text) else None
-        text = p.read_text() if p is not None and p.exists() else str(path_or_text)
-        return cls.from_dict(yaml.safe_load(text) or {})
+        where = p if p is not None and p.exists() else 'the config text'
+        d = plain_yaml(p.read_text() if where is p else str(path_or_text), str(where))
+        if d is not None and not isinstance(d, dict):
+            raise UserError(f'{where} holds a {type(d).__name__}, not a config mapping: give the config.yaml a run wrote')
+        return cls.from_dict(d or {})
 
     def replace(self, **changes):
         "A copy with flat papermill-style changes applied."

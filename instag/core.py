@@ -141,5 +141,10 @@ def deferred_interrupt():
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     "Write to a temporary file beside `path`, then rename: readers never see a half-written file."
     path = Path(path); tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    with open(tmp, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # a full disk or Ctrl-C leaves no half-written temporary behind
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)): e.filename = str(path)  # the file meant, not the temporary
+        raise

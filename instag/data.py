@@ -4,7 +4,7 @@
 
 # %% ../nbs/22_data.ipynb #00dade9c
 from __future__ import annotations
-import argparse, csv, json, math, wave
+import argparse, csv, json, math, os, wave
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +20,13 @@ from .camera import Camera, intrinsics, opengl_c2w_to_opencv_w2c
 from .config import Config
 from .core import UserError, notice, read_json
 from .layout import (AU_NAMES, FACE_BRANCH_LABELS, FPS, LABELS, MOUTH_BRANCH_LABELS, PARSING_COLORS, REQUIRED_DIRS,
-                           REQUIRED_FILES, SAMPLE_RATE, Metadata, read_au_csv)
+                           REQUIRED_FILES, SAMPLE_RATE, Metadata, inside, npy_problem, read_au_csv, read_npy)
 
 # %% auto #0
-__all__ = ['PARSING_TOLERANCE', 'OFFICIAL_AUDIO_FEATURES', 'HOLDOUT_S', 'parsing_to_labels', 'audio_window',
-           'load_audio_features', 'audio_feature_entry', 'pinned_audio_choice', 'Frame', 'FrameBatch', 'collate',
-           'LRUCache', 'DataConfig', 'Split', 'read_transforms', 'TalkingHeadDataset']
+__all__ = ['PARSING_TOLERANCE', 'OFFICIAL_AUDIO_FEATURES', 'AUDIO_FIX', 'HOLDOUT_S', 'parsing_to_labels', 'max_audio_rows',
+           'audio_window', 'load_audio_features', 'audio_feature_entry', 'pinned_audio_choice', 'Frame', 'FrameBatch',
+           'collate', 'LRUCache', 'DataConfig', 'Split', 'read_transforms', 'prior_dir', 'frame_files',
+           'frame_file_problems', 'TalkingHeadDataset']
 
 # %% ../nbs/22_data.ipynb #65a5b8db
 # official parsing region -> instag label
@@ -59,6 +60,11 @@ def parsing_to_labels(parsing: np.ndarray,            # [H, W, 3] uint8 RGB offi
 # %% ../nbs/22_data.ipynb #5d0adce2
 # official per-frame audio feature files, in the order `audio='auto'` tries them: file -> encoder
 OFFICIAL_AUDIO_FEATURES = {'aud_ds.npy': 'deepspeech', 'aud.npy': 'deepspeech', 'aud_eo.npy': 'wav2vec', 'aud_hu.npy': 'hubert'}
+AUDIO_FIX = 're-extract the audio features (instag prepare makes them)'
+
+def max_audio_rows(frames: int | None, fps: float = FPS) -> int | None:
+    "Most rows a per-frame file of a `frames`-frame video may have: more belong to another recording (refused before reading)."
+    return None if frames is None else 2 * frames + int(60 * fps)
 
 def audio_window(features: Tensor,  # [T, W, A] per-frame audio features
                  index: int, size: int = 8) -> Tensor:  # [size, W, A]
@@ -86,9 +92,9 @@ def load_audio_features(root: Path | str, choice: str = 'auto', metadata: Metada
         candidates = [(f, e) for f, e in listed + official if e == choice]
     else: candidates = [(choice, next((e for f, e in listed if f == choice), 'custom'))]
     for file, encoder in candidates:
-        path = root / file
-        if path.exists(): return _as_features(np.load(path), file), f'{file} ({encoder})'
-    if choice in ('auto', 'mel') and (root / 'aud.wav').exists():
+        path = inside(root, file, 'the audio feature file')
+        if path.exists(): return _as_features(read_npy(path, AUDIO_FIX, max_audio_rows(frames, fps)), file), f'{file} ({encoder})'
+    if choice in ('auto', 'mel') and inside(root, 'aud.wav', 'the speech').exists():
         notice(f'{root} holds no audio feature file: computing log-mel windows from aud.wav')
         wav = load_audio(root / 'aud.wav')
         return _as_features(log_mel_windows(wav, fps=fps, frames=frames), 'aud.wav'), 'aud.wav (log-mel, computed)'
@@ -230,7 +236,7 @@ def read_transforms(root: Path | str) -> dict:
     return dict(ids=ids, c2w=np.array([poses[i] for i in ids], np.float64).reshape(-1, 4, 4), focal=intr[0], cx=intr[1],
                 cy=intr[2], train=sets['train'], val=sets['val'])
 
-def _prior_dir(root: Path, kind: str) -> Path | None:
+def prior_dir(root: Path, kind: str) -> Path | None:
     "instag/priors/<kind>/, else the official sapiens/<kind>/sapiens_<size>/ (largest model first), else None."
     own = root / 'instag' / 'priors' / kind
     if own.is_dir(): return own
@@ -238,8 +244,46 @@ def _prior_dir(root: Path, kind: str) -> Path | None:
     if official: return official[0]
     return root / 'sapiens' / kind if (root / 'sapiens' / kind).is_dir() else None
 
-def _rgb(path: Path) -> np.ndarray:  # [H, W, 3] uint8
-    return np.array(Image.open(path).convert('RGB'))
+def _image(path: Path, mode: str | None = 'RGB') -> np.ndarray:  # [H, W, 3] uint8 (or as stored when mode is None)
+    "A frame file decoded; one line naming it when it does not decode."
+    try:
+        with Image.open(path) as im: return np.array(im.convert(mode) if mode else im)
+    except FileNotFoundError: raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, even AttributeError on damaged files
+        raise UserError(f'{path} does not decode ({type(e).__name__}: {str(e)[:60]}): rerun instag prepare to remake it') from None
+
+def _rgb(path: Path) -> np.ndarray: return _image(path)  # [H, W, 3] uint8
+
+def frame_files(root: Path, i: int, image_dir: str, prior_dirs: dict) -> dict:
+    "The files the loader reads for frame `i` (kind -> path, None where absent): the one list `_decode` and the checks use."
+    masks, parsing, teeth = root / 'instag' / 'masks' / f'{i}.png', root / 'parsing' / f'{i}.png', root / 'teeth_mask' / f'{i}.npy'
+    own = masks.exists()
+    some = lambda p: p if p.exists() or p.is_symlink() else None
+    return dict(image=root / image_dir / f'{i}.jpg', masks=masks if own else None, parsing=None if own else some(parsing),
+                teeth=None if own else some(teeth), torso=some(root / 'torso_imgs' / f'{i}.png'),
+                **{k: some(d / f'{i}.npy') if d is not None else None for k, d in prior_dirs.items()})
+
+# a JPEG or PNG with its start and end markers in place is taken as whole (~20 us a file); any other is decoded in full
+_MARKERS = {'.jpg': (b'\xff\xd8', b'\xff\xd9'), '.png': (b'\x89PNG\r\n\x1a\n', b'IEND\xaeB`\x82')}
+
+def _image_whole(path: Path) -> bool:
+    head, end = _MARKERS[path.suffix]
+    with open(path, 'rb') as f:
+        start = f.read(len(head)); f.seek(max(0, os.fstat(f.fileno()).st_size - 64)); tail = f.read()
+    if start == head and end in tail: return True
+    try: _image(path, None); return True
+    except UserError: return False
+
+def frame_file_problems(root: Path, files: list[Path], size: tuple[int, int] | None, decode: bool = True) -> list[str]:
+    "One line per file of `files` that leaves `root`, is a damaged image (`decode`) or a damaged .npy frame prior or mask."
+    real, bad = os.path.realpath(root), []
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        if not p.exists(): continue  # a missing file is reported, or read, as missing
+        if not Path(os.path.realpath(p)).is_relative_to(real): bad.append(f'{rel} points outside the dataset folder')
+        elif p.suffix == '.npy' and (why := npy_problem(p, lead=size[::-1] if size else ())): bad.append(f'{rel} {why}')
+        elif decode and p.suffix in _MARKERS and not _image_whole(p): bad.append(f'{rel} is truncated or corrupt')
+    return bad
 
 # %% ../nbs/22_data.ipynb #e150dfcc
 class TalkingHeadDataset:
@@ -247,6 +291,7 @@ class TalkingHeadDataset:
     def __init__(self, root: Path | str, config: DataConfig | None = None):
         self.root, self.config = Path(root), config or DataConfig()
         if not self.root.is_dir(): raise UserError(f'{self.root} is not a folder: give a dataset made by instag prepare or instag synth')
+        for name in ('metadata.json', *REQUIRED_FILES): inside(self.root, name, 'the file')
         self.metadata = Metadata.read(self.root) if (self.root / 'metadata.json').exists() else None
         if self.metadata is not None and not self.metadata.complete:
             raise UserError(f'{self.root}/metadata.json says complete: false: the command that made this dataset did not '
@@ -257,20 +302,28 @@ class TalkingHeadDataset:
         self.ids, self._train_ids, self._val_ids = t['ids'], t['train'], t['val']
         if not np.isfinite(t['c2w']).all(): raise UserError(f'{self.root}: a transform_matrix holds NaN or inf: run instag check-data {self.root}')
         self.image_dir = 'gt_imgs' if (self.root / 'gt_imgs').is_dir() else 'ori_imgs'
-        h, w = _rgb(self.root / self.image_dir / f'{self.ids[0]}.jpg').shape[:2]
+        h, w = _rgb(inside(self.root, f'{self.image_dir}/{self.ids[0]}.jpg', 'the frame')).shape[:2]
         self.width, self.height = (self.metadata.width, self.metadata.height) if self.metadata else (w, h)
         if (w, h) != (self.width, self.height): raise UserError(f'{self.root}: frames are {w}x{h} but metadata.json says {self.width}x{self.height}')
         self.viewmats = opengl_c2w_to_opencv_w2c(torch.from_numpy(t['c2w'])).float()  # [N, 4, 4], converted once
         self.K = intrinsics(t['focal'], w / 2 if t['cx'] is None else t['cx'], h / 2 if t['cy'] is None else t['cy'])
         self._row = {i: k for k, i in enumerate(self.ids)}
+        self.prior_dirs = {k: prior_dir(self.root, k) for k in ('depth', 'normal')}
+        self._check_frames()
         self.aus = self._read_aus()
         self.audio_features, self.audio_source = load_audio_features(self.root, self.config.audio, self.metadata,
                                                                      frames=self.ids[-1] + 1, fps=self.fps)
         self.audio_encoder = audio_feature_entry(self.metadata, self.audio_source)  # what made them (encoder name, hash), if recorded
         self.plate = _rgb(self.root / 'bc.jpg') if (self.root / 'bc.jpg').exists() else np.zeros((h, w, 3), np.uint8)
-        self.prior_dirs = {k: _prior_dir(self.root, k) for k in ('depth', 'normal')}
         self.mouth_open = self._read_mouth_open()
         self.cache = LRUCache(self.config.cache_mb * 2**20)
+
+    def _check_frames(self) -> None:
+        "Every file of every frame, before the first step (~0.1 s per 300 frames): inside the folder, whole, the right shape."
+        files = [p for i in self.ids for p in frame_files(self.root, i, self.image_dir, self.prior_dirs).values() if p is not None]
+        bad = frame_file_problems(self.root, files, (self.width, self.height))
+        if bad: raise UserError(f'{self.root}: {len(bad)} frame files cannot be used ({"; ".join(bad[:3])}{"; ..." if len(bad) > 3 else ""}): '
+                                f'remake them with instag prepare (instag check-data {self.root} lists them all)')
 
     def _read_aus(self) -> Tensor:  # [max id + 1, 6]
         path = self.root / 'au.csv'
@@ -282,9 +335,9 @@ class TalkingHeadDataset:
 
     def _read_mouth_open(self) -> Tensor | None:  # [max id + 1] or None
         "The inner-lip gap per frame (eye-distance units) that `instag prepare` measured, when the dataset has it."
-        path = self.root / 'instag' / 'mouth_open.npy'
+        path = inside(self.root, 'instag/mouth_open.npy', 'the file')
         if not path.exists(): return None
-        m = np.load(path).astype(np.float32)
+        m = read_npy(path, 'rerun instag prepare to remake it', max_audio_rows(self.ids[-1] + 1, self.fps)).astype(np.float32)
         if m.ndim != 1 or len(m) <= self.ids[-1] or not np.isfinite(m).all():
             notice(f'{path} is not one finite value per frame: ignored (rerun instag prepare to remake it)'); return None
         return torch.from_numpy(m)
@@ -321,23 +374,18 @@ class TalkingHeadDataset:
         "uint8 image, labels and background, float16 priors of frame `i` (cached)."
         hit = self.cache.get(i)
         if hit is not None: return hit
-        r = self.root
-        image = _rgb(r / self.image_dir / f'{i}.jpg')
-        if (r / 'instag' / 'masks' / f'{i}.png').exists(): labels = np.array(Image.open(r / 'instag' / 'masks' / f'{i}.png'))
-        elif (r / 'parsing' / f'{i}.png').exists():
-            teeth = np.load(r / 'teeth_mask' / f'{i}.npy') if (r / 'teeth_mask' / f'{i}.npy').exists() else None
-            labels = parsing_to_labels(_rgb(r / 'parsing' / f'{i}.png'), teeth)
+        r, f, fix = self.root, frame_files(self.root, i, self.image_dir, self.prior_dirs), 'rerun instag prepare to remake it'
+        npy = lambda p: read_npy(p, fix, lead=(self.height, self.width)) if p is not None else None
+        image = _rgb(f['image'])
+        if f['masks'] is not None: labels = _image(f['masks'], None)
+        elif f['parsing'] is not None: labels = parsing_to_labels(_rgb(f['parsing']), npy(f['teeth']))
         else: raise UserError(f'{r} has no region masks for frame {i} (instag/masks/{i}.png or parsing/{i}.png): rerun instag prepare')
         background = self.plate
-        if (r / 'torso_imgs' / f'{i}.png').exists():
-            torso = np.asarray(Image.open(r / 'torso_imgs' / f'{i}.png').convert('RGBA')).astype(np.uint16)
+        if f['torso'] is not None:
+            torso = _image(f['torso'], 'RGBA').astype(np.uint16)
             alpha = torso[..., 3:]  # integer "over" compositing, rounded: (rgb * a + plate * (255 - a)) / 255
             background = ((torso[..., :3] * alpha + self.plate * (255 - alpha) + 127) // 255).astype(np.uint8)
-        priors = []
-        for kind in ('depth', 'normal'):
-            d = self.prior_dirs[kind]
-            p = d / f'{i}.npy' if d is not None else None
-            priors.append(np.nan_to_num(np.load(p).astype(np.float16)) if p is not None and p.exists() else None)
+        priors = [None if f[k] is None else np.nan_to_num(npy(f[k]).astype(np.float16)) for k in ('depth', 'normal')]
         out = (image, labels, background, *priors)
         self.cache.put(i, out)
         return out

@@ -4,7 +4,7 @@
 
 # %% ../nbs/47_demo.ipynb #817afdc3
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, json, math, os, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from .core import OUTPUTS_DIR, UserError, new_run_dir
 from .layout import SAMPLE_RATE
 
 # %% auto #0
-__all__ = ['DEMO_SCHEDULE', 'held_out_audio', 'side_by_side', 'demo', 'main_demo']
+__all__ = ['DEMO_SCHEDULE', 'held_out_audio', 'side_by_side', 'check_demo_args', 'demo', 'main_demo']
 
 # %% ../nbs/47_demo.ipynb #01a4823b
 def held_out_audio(dataset: Path, test_ids: list[int], fps: int) -> np.ndarray:
@@ -52,11 +52,34 @@ def side_by_side(runs: dict, dataset, test_ids: list[int], out: Path, wav: np.nd
         Image.fromarray(widest).save(still, quality=92)
     return writer.close()
 
+def check_demo_args(out: Path | str | None, seconds: float, clip_seconds: float, size: int, seed: int, prior: str,
+                    **overrides) -> None:
+    "Refuse, before any work, options the demo would fail on minutes later (one line each, naming the fix)."
+    from instag.adapt import adapt_config
+    from instag.prior import load_prior
+    from instag.synth.corpus import check_synth_args
+    if not (math.isfinite(seconds) and seconds > 0): raise UserError(f'--seconds {seconds}: give a positive number of seconds to learn from')
+    if not (math.isfinite(clip_seconds) and clip_seconds > seconds):
+        raise UserError(f'--clip-seconds {clip_seconds}: give more than --seconds {seconds:g} (the tail is the test sentence)')
+    if seed < 0: raise UserError(f'--seed {seed}: give a seed of 0 or more')
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir(): raise UserError(f'--out {out} is a file: give a new or empty folder')
+        if out.is_dir() and any(out.iterdir()): raise UserError(f'--out {out} already holds files: give a new or empty folder')
+        here = next(p for p in (out, *out.parents) if p.exists())
+        if not here.is_dir() or not os.access(here, os.W_OK | os.X_OK):
+            raise UserError(f'--out {out}: {here} is {"a file" if not here.is_dir() else "not writable"}; give a folder you can write in')
+    check_synth_args(1, clip_seconds, size, 1.0, Path(out or OUTPUTS_DIR) / 'corpus')
+    if prior != 'none' and (kind := load_prior(prior)['audio']['kind']) != 'log-mel':
+        raise UserError(f'--prior {prior} hears {kind} features; the synthetic speaker has log-mel ones: give a log-mel prior (synthetic)')
+    adapt_config('cpu', seconds=seconds, prior=prior, **{**DEMO_SCHEDULE, **overrides})  # refuses a bad override now
+
 def demo(out: Path | str | None = None, seconds: float = 5.0, clip_seconds: float = 9.0, size: int = 256,
          seed: int = 0, prior: str = 'synthetic', verbose: bool = True, **overrides) -> dict:
     "Synthesize a person no shipped prior has seen; adapt `prior` to it from `seconds`, train it from scratch with the same budget; compare on the held-out tail."
     from instag.adapt import adapt, adapt_config
     from instag.synth.corpus import synthesize
+    check_demo_args(out, seconds, clip_seconds, size, seed, prior, **overrides)
     t0 = time.time()
     out = Path(out) if out else new_run_dir('demo', f'{size}px')
     log = lambda msg: verbose and print(f'instag demo: {msg} ({time.time() - t0:.0f} s)', file=sys.stderr, flush=True)
@@ -95,7 +118,6 @@ def main_demo(argv: list[str]) -> int:
     ap.add_argument('--prior', default='synthetic', help='the prior to adapt (default: the shipped synthetic one)')
     ap.add_argument('--quiet', action='store_true')
     a = ap.parse_args(argv)
-    if a.seconds <= 0 or a.clip_seconds <= a.seconds: raise UserError('--clip-seconds must exceed --seconds (the tail is the test sentence)')
     r = demo(a.out, a.seconds, a.clip_seconds, a.size, a.seed, a.prior, verbose=not a.quiet)
     f = lambda v, d=2: 'n/a' if v is None else f'{v:.{d}f}'
     print(f'''

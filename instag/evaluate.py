@@ -219,6 +219,16 @@ def lpips_score(model: TalkingHead, ds, ids: list, weights: Path | str, max_fram
     return round(float(np.mean([lpips_distance(net, render_test_frame(model, ds.frame(i)).rgb.clamp(0, 1).cpu(), ds.frame(i).image)
                                 for i in ids])), 4)
 
+def _check_result_writable(run_dir: Path) -> None:
+    "Refuse a run folder where `evaluation.json` cannot be written; leaves nothing behind."
+    import os
+    from instag.core import UserError
+    probe = run_dir / f'.{EVALUATION}.probe{os.getpid()}'
+    try: probe.write_bytes(b''); probe.unlink()
+    except OSError as e:
+        raise UserError(f'cannot write {run_dir / EVALUATION} ({e.strerror}): make {run_dir} writable, '
+                        'or pass --no-write to print the metrics without saving them') from None
+
 def evaluate_run(run_dir: Path | str, test: Path | str | None = None, audio: list = (), frames: int = 0,
                  lpips: Path | str | None = None, write: bool = True, progress: bool = False, test_split: bool = True) -> dict:
     "Every metric of a finished run (see above); `audio`: speech files for the cross-domain sync score; `test_split=False`: those only."
@@ -235,6 +245,7 @@ def evaluate_run(run_dir: Path | str, test: Path | str | None = None, audio: lis
         lpips_model(lpips)  # the weights checked before the model loads
     wavs = {Path(a).name: load_audio(a) for a in audio}  # every input checked before the model loads
     head = load_run(run_dir)
+    if write: _check_result_writable(run_dir)  # before the minutes of rendering, not after
     from instag.runs import load_torch, MODEL
     saved = load_torch(run_dir / MODEL, 'model')['info']
     if test is None: ds, test_ids, train_ids = head.ds, saved['test_ids'], saved['train_ids']

@@ -12,13 +12,14 @@ from pathlib import Path
 from .config import Config
 from .core import OUTPUTS_DIR, PROJECT_ROOT, UserError, atomic_write_bytes
 from .index import CELL, INDEX, flat_metrics, index_runs
-from .runs import CHECKPOINT, MODEL, read_metrics
+from .runs import CHECKPOINT, MODEL, drop_lock, read_metrics, take_lock
 
 # %% auto #0
-__all__ = ['JOBS', 'TEMPLATE_ONLY', 'KEY_NEUTRAL', 'KEY_PRIORS', 'TABLE_METRICS', 'GridSpec', 'ExperimentSpec', 'Cell',
-           'key_config', 'prior_key', 'resolved_config', 'load_spec', 'expand', 'is_done', 'stderr_to',
-           'evaluated_on_all', 'run_cell', 'cell_row', 'committed_rows', 'write_csv', 'export_table', 'export_lip_gaps',
-           'export_results', 'run_experiment', 'main_experiment']
+__all__ = ['JOBS', 'TEMPLATE_ONLY', 'KEY_NEUTRAL', 'KEY_PRIORS', 'TABLE_METRICS', 'TABLE_COLUMNS', 'LIPGAP_COLUMNS', 'GridSpec',
+           'ExperimentSpec', 'Cell', 'key_config', 'prior_key', 'resolved_config', 'load_spec', 'expand', 'is_done',
+           'stderr_to', 'evaluated_on_all', 'template', 'preflight', 'lock_cells', 'run_cell', 'cell_row',
+           'check_owned', 'committed_rows', 'write_csv', 'export_table', 'export_lip_gaps', 'export_results',
+           'run_experiment', 'main_experiment']
 
 # %% ../nbs/51_experiment.ipynb #acef151c
 JOBS = ('train', 'adapt', 'pretrain')
@@ -119,7 +120,10 @@ def load_spec(spec: Path | str | dict) -> tuple[ExperimentSpec, Path]:
     if isinstance(spec, dict): return ExperimentSpec.from_dict(spec), Path.cwd()
     path = Path(spec)
     if not path.exists(): raise UserError(f'{path} is missing: give an experiment spec (YAML)')
+    if path.is_dir(): raise UserError(f'{path} is a folder: give the experiment spec file (YAML) itself')
     try: d = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, OSError) as e:
+        raise UserError(f'{path} cannot be read as text ({type(e).__name__}): give an experiment spec (YAML)') from None
     except yaml.YAMLError as e: raise UserError(f'{path} is not valid YAML ({str(e).splitlines()[0]}): fix it') from None
     if not isinstance(d, dict): raise UserError(f'{path} holds no mapping: an experiment spec has name, defaults and grids')
     d = {k: v for k, v in d.items() if not str(k).startswith('x-')}  # x-...: holders of YAML anchors, as in compose files
@@ -137,6 +141,12 @@ def expand(spec: ExperimentSpec, base: Path) -> list[Cell]:
         g = GridSpec.from_dict(g)
         if g.job not in JOBS: raise UserError(f'grid {g.table or "?"}: job {g.job!r} is not one of {", ".join(JOBS)}')
         if not g.dataset: raise UserError(f'grid {g.table or g.job}: give at least one dataset')
+        for what, values, conv in (('seed', g.seed, int), ('seconds', g.seconds, lambda v: v if str(v) == 'all' else float(v))):
+            for v in values:
+                try: conv(v)
+                except (TypeError, ValueError):
+                    kind = 'a whole number' if what == 'seed' else 'a number of seconds or all'
+                    raise UserError(f'grid {g.table or g.job}: {what} {v!r} is not {kind}: fix {what} in the spec') from None
         variants = g.variants or {'default': {}}
         for ds, sec, seed, (vname, over) in itertools.product(g.dataset, g.seconds, g.seed, variants.items()):
             sec = sec if str(sec) == 'all' else float(sec)
@@ -209,6 +219,42 @@ def evaluated_on_all(run_dir: Path) -> bool:
     except Exception: return False
     return 'error' not in m and m.get('test_frames') == len(test)
 
+def template(job: str) -> Path: return PROJECT_ROOT / 'nbs' / 'experiments' / f'{job}.ipynb'
+
+def preflight(cells: list[Cell], kernel: str | None = None) -> None:
+    "Refuse a batch that cannot run before any run folder is touched: papermill, templates, Jupyter kernel, datasets, audio."
+    if not cells: return
+    try:
+        import papermill  # noqa: F401
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    except ImportError as e: raise UserError(f'instag experiment needs {e.name}: pip install papermill') from None
+    kernels = KernelSpecManager()
+    for job in sorted({c.job for c in cells}):
+        src = template(job)
+        if not src.exists(): raise UserError(f'{src} is missing: run instag experiment from an instag checkout')
+        name = kernel or (json.loads(src.read_text()).get('metadata', {}).get('kernelspec') or {}).get('name')
+        try:
+            if name: kernels.get_kernel_spec(name)
+        except NoSuchKernel:
+            have = ', '.join(sorted(kernels.find_kernel_specs())) or 'none (pip install ipykernel)'
+            raise UserError(f'no Jupyter kernel is named {name!r}: give --kernel one of {have}') from None
+    for c in cells:
+        for p in (c.dataset, *c.audio):
+            if not Path(p).exists(): raise UserError(f'cell {c.name}: {p} is missing: fix its dataset or audio in the spec')
+
+def lock_cells(cells: list[Cell]) -> list[Path]:
+    "Claim the run folders of `cells` for this process (a lock file each, `<experiment>/.locks/`); refused while another holds one."
+    locks = []
+    for d in dict.fromkeys(c.run_dir for c in cells):
+        lock = d.parent / '.locks' / f'{d.name}.lock'
+        holder = take_lock(lock, command=' '.join(sys.argv))
+        if holder is not None:
+            for held in locks: drop_lock(held)
+            raise UserError(f'{d.name} is being run by pid {holder.get("pid")} on {holder.get("host")} since {holder.get("since")}: '
+                            f'wait for it or run other cells with --only (if that process is gone, delete {lock})')
+        locks.append(lock)
+    return locks
+
 def run_cell(c: Cell, cells: list[Cell], spec: ExperimentSpec, kernel: str | None = None) -> dict:
     "Execute the cell's template into its folder (continuing a killed one), then evaluate it; its state."
     import logging
@@ -221,7 +267,7 @@ def run_cell(c: Cell, cells: list[Cell], spec: ExperimentSpec, kernel: str | Non
     try:
         params = _resolve_params(c, cells)
         inputs = dict(corpus=c.dataset) if c.job == 'pretrain' else dict(data=c.dataset)
-        src = PROJECT_ROOT / 'nbs' / 'experiments' / f'{c.job}.ipynb'
+        src = template(c.job)
         logging.getLogger('papermill').setLevel(logging.ERROR)  # its notices (unknown parameters, no black) are not news
         with stderr_to(c.run_dir / 'kernel.log'):  # the kernel process's own notices go to the cell's folder, not the terminal
             pm.execute_notebook(str(src), str(c.run_dir / f'{c.job}.ipynb'), cwd=str(c.run_dir), progress_bar=False,
@@ -256,6 +302,20 @@ def cell_row(c: Cell) -> dict:
                 seed=c.seed, key=c.key, status=s.get('status', 'pending'), error=s.get('error', ''),
                 **{k: m.get(k) for k in TABLE_METRICS}, **speech, run=str(c.run_dir))
 
+# the header columns that mark a CSV as a table this module wrote, and so may write again (the batch's, its lip gaps')
+TABLE_COLUMNS, LIPGAP_COLUMNS = ('table', 'cell', 'key', 'status'), ('cell', 'frame', 'render', 'truth')
+
+def check_owned(path: Path, columns: tuple) -> None:
+    "Refuse to write `path` unless it is absent, empty, or a table whose header has `columns`: a file of the user's stays as it is."
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0): return
+    header = []
+    try:
+        with open(path, newline='') as f: header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error): pass
+    if not set(columns) <= set(header):
+        raise UserError(f'{path} is not a table instag experiment wrote (no {", ".join(c for c in columns if c not in header)} '
+                        'column): give the spec another name or results folder; that file is left as it is')
+
 def committed_rows(path: Path | None) -> dict:
     "key -> row of the finished cells in an exported table (what survives a session once committed)."
     if path is None or not path.exists(): return {}
@@ -272,6 +332,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 
 def export_table(cells: list[Cell], path: Path) -> Path:
     "One CSV row per cell (columns: the union over cells); a finished row of the table already there is kept for a cell whose run folder is gone."
+    check_owned(path, TABLE_COLUMNS)
     kept = committed_rows(path)
     rows = [cell_row(c) if (c.run_dir / CELL).exists() or c.key not in kept else
             {**kept[c.key], 'table': c.table, 'cell': c.name, 'variant': c.variant} for c in cells]
@@ -279,6 +340,7 @@ def export_table(cells: list[Cell], path: Path) -> Path:
 
 def export_lip_gaps(cells: list[Cell], tables: list, path: Path) -> Path | None:
     "Per-frame inner-lip gaps of the render and the truth (the sync score's frames) of the cells of `tables`; the rows already there are kept for a cell whose run folder is gone."
+    check_owned(path, LIPGAP_COLUMNS)
     kept: dict = {}
     if path.exists():
         with open(path, newline='') as f:
@@ -317,27 +379,40 @@ def run_experiment(spec: Path | str | dict, only: str | None = None, dry: bool =
     s, base = load_spec(spec)
     cells = expand(s, base)
     todo = [c for c in cells if only is None or only in c.name]
+    for what, text, among in (('--only', only, cells), ('--redo', redo, todo)):
+        if text is not None and not any(text in c.name for c in among):
+            raise UserError(f'{what} {text!r} is in no cell name of {s.name}: list the cells with --dry')
     results = Path(s.results) if s.results else None
     if results is not None and not results.is_absolute(): results = base / results
+    if results is not None and results.exists() and not results.is_dir():
+        raise UserError(f'results: {results} is a file: give a folder for the tables')
     table = results / f'{_slug(s.name)}.csv' if results is not None else None
+    if table is not None:  # refused before anything runs: the batch would end by writing over them
+        check_owned(table, TABLE_COLUMNS)
+        check_owned(table.with_name(f'{table.stem}_lipgap.csv'), LIPGAP_COLUMNS)
     kept = committed_rows(table)  # finished in an earlier session: the table row is what remains of them
     again = lambda c: redo is not None and redo in c.name
     done = lambda c: not again(c) and (is_done(c) or (c.key in kept and not (c.run_dir / CELL).exists()))
     if dry: return [dict(cell=c.name, key=c.key, run=str(c.run_dir), done=done(c)) for c in todo]
     root = cells[0].run_dir.parent if cells else None
-    states = []
-    bar = tqdm(todo, desc=f'experiment {s.name}', unit='cell', disable=not progress)
-    for c in bar:
-        bar.set_postfix_str(c.name)
-        if again(c) and c.run_dir.exists(): shutil.rmtree(c.run_dir)
-        if done(c):
-            states.append(_cell_state(c) if is_done(c) else dict(cell=c.name, key=c.key, status='done', source=str(table)))
-            continue
-        state = run_cell(c, cells, s, kernel)
-        states.append(state)
-        index_runs([c.run_dir], root / INDEX)
-        if table is not None: export_results(spec, cells, table, s.lip_gap_tables)
-        if state.get('status') == 'failed': tqdm.write(f'instag experiment: {c.name} failed: {state.get("error")}', file=sys.stderr)
+    pending = [c for c in todo if not done(c)]
+    preflight(pending, kernel)  # everything checked and every folder claimed before a --redo deletes one
+    locks, states = lock_cells(pending), []
+    try:
+        bar = tqdm(todo, desc=f'experiment {s.name}', unit='cell', disable=not progress)
+        for c in bar:
+            bar.set_postfix_str(c.name)
+            if again(c) and c.run_dir.exists(): shutil.rmtree(c.run_dir)
+            if done(c):
+                states.append(_cell_state(c) if is_done(c) else dict(cell=c.name, key=c.key, status='done', source=str(table)))
+                continue
+            state = run_cell(c, cells, s, kernel)
+            states.append(state)
+            index_runs([c.run_dir], root / INDEX)
+            if table is not None: export_results(spec, cells, table, s.lip_gap_tables)
+            if state.get('status') == 'failed': tqdm.write(f'instag experiment: {c.name} failed: {state.get("error")}', file=sys.stderr)
+    finally:
+        for lock in locks: drop_lock(lock)
     return states
 
 def main_experiment(argv: list[str]) -> int:

@@ -64,9 +64,19 @@ def run_row(run_dir: Path | str) -> dict:
                 indexed=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
 
 def connect(db: Path | str) -> sqlite3.Connection:
-    "The index at `db`, its tables created when new."
-    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    "The index at `db`, its tables created when new; a file that is not a run index is refused, never changed."
+    db = Path(db)
+    if db.is_dir(): raise UserError(f'{db} is a folder: give the index file (e.g. {db / INDEX}) with --index')
+    db.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(str(db), timeout=30)
+    try:
+        tables = {n: {c for (c,) in con.execute('SELECT name FROM pragma_table_info(?)', (n,))}
+                  for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError: tables = None
+    if tables is None or set(tables) - {'runs', 'metrics'} or 'path' not in tables.get('runs', {'path'}):
+        con.close()
+        raise UserError(f'{db} is not an instag run index ({"not SQLite" if tables is None else "other tables"}): '
+                        f'give --index a new file or an index.sqlite that instag runs made')
     con.execute(f'CREATE TABLE IF NOT EXISTS runs ({", ".join(f"{k} {t}" for k, t in COLUMNS.items())})')
     con.execute('CREATE TABLE IF NOT EXISTS metrics (path TEXT, name TEXT, value REAL, PRIMARY KEY (path, name))')
     return con
@@ -103,6 +113,11 @@ def query(db: Path | str, where: str | None = None, metrics: list[str] = ()) -> 
     if not Path(db).exists(): raise UserError(f'no run index at {db}: make one with instag runs --scan')
     con = connect(db)
     try:
+        known = [n for (n,) in con.execute('SELECT DISTINCT name FROM metrics ORDER BY name')]
+        unknown = [n for n in metrics if n not in known]
+        if unknown:
+            raise UserError(f'no metric {", ".join(unknown)} in the index {db}: ' +
+                            (f'give one of {", ".join(known)}' if known else 'it holds no metrics yet (no evaluated runs)'))
         alias = lambda n: '"metric:' + n.replace('"', '""') + '"'  # a quoted identifier: any name is safe
         cols = ', '.join(['r.*'] + [f'(SELECT value FROM metrics m WHERE m.path = r.path AND m.name = ?) AS {alias(n)}' for n in metrics])
         try: cur = con.execute(f'SELECT {cols} FROM runs r' + (f' WHERE {where}' if where else '') + ' ORDER BY created', list(metrics))

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from .audio import load_audio, log_mel_windows
-from .core import UserError, dataset_fingerprint, notice, probe_writable
+from .core import Interrupted, UserError, dataset_fingerprint, notice, probe_writable
 from .data import DataConfig, TalkingHeadDataset, audio_window, pinned_audio_choice
-from .layout import SAMPLE_RATE
+from .layout import FPS, SAMPLE_RATE
 from .prior import audio_kind
 from .video import Mp4Writer
 from .runs import load_model
@@ -24,7 +24,7 @@ from .talking_head import Composite, DeformedHead, TalkingHead, to_uint8
 
 # %% auto #0
 __all__ = ['FRAMES_MULTIPLE', 'pingpong', 'LoopFrame', 'TrainedHead', 'load_run', 'video_frames_for', 'stream_durations',
-           'render_audio', 'main_render']
+           'check_audio_length', 'render_audio', 'main_render']
 
 # %% ../nbs/46_inference.ipynb #cd8fc2dc
 def pingpong(k: int, n: int) -> int:
@@ -133,33 +133,52 @@ def stream_durations(path: Path | str) -> dict[str, float]:
         return {s.type: float(s.duration * s.time_base) for s in c.streams if s.duration is not None}
 
 # %% ../nbs/46_inference.ipynb #6d394bcf
+def check_audio_length(samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> None:
+    "Refuse audio shorter than one video frame: there is nothing to say, only silence to pad."
+    if samples < sample_rate / fps:
+        raise UserError(f'the audio holds {1000 * samples / sample_rate:.0f} ms, less than one video frame ({1000 / fps:.0f} ms at '
+                        f'{fps:g} fps): give at least {1 / fps:.2f} s of speech')
+
+def _interrupted(k: int, T: int, out: Path, existed: bool) -> Interrupted:
+    kept = f'{out} is kept as it was' if existed else f'{out} was not written'
+    return Interrupted(f'stopped by Ctrl-C at frame {k} of {T}: {kept} and the unfinished video is deleted: '
+                       'run the same command again to render it')
+
 def render_audio(head: TrainedHead, audio: Path | str | np.ndarray, out: Path | str, progress: bool = True,
                  max_seconds: float | None = None) -> dict:
     "Render `head` speaking `audio` (a file of any rate/length, or a 16 kHz waveform) to the mp4 `out`; returns timings."
     from tqdm.auto import tqdm
     wav = load_audio(audio) if not isinstance(audio, np.ndarray) else np.asarray(audio, np.float32)
     if max_seconds: wav = wav[:int(max_seconds * SAMPLE_RATE)]
-    T = video_frames_for(len(wav), head.fps)
-    t = time.time()
-    features = head.features(wav, frames=T, progress=progress)
-    features_s = time.time() - t
-    writer = Mp4Writer(out, head.width, head.height, head.fps, wav)
-    render_s, t0 = 0.0, time.time()
-    for k in tqdm(range(T), desc='render', disable=not progress, leave=False):
+    check_audio_length(len(wav), head.fps)
+    T, out, k = video_frames_for(len(wav), head.fps), Path(out), 0
+    existed = out.exists()
+    try:
         t = time.time()
-        rgb = head.frame_rgb(k, features)
-        render_s += time.time() - t
-        writer.write(rgb)
-    path = writer.close()
-    return dict(out=str(path), frames=T, seconds=T / head.fps, render_fps=T / max(render_s, 1e-9),
-                total_fps=T / max(time.time() - t0, 1e-9), features_s=round(features_s, 2))
+        features = head.features(wav, frames=T, progress=progress)
+        features_s = time.time() - t
+        # on any failure (full disk, Ctrl-C, a bug) the writer deletes its partial file; `out` changes only at close
+        with Mp4Writer(out, head.width, head.height, head.fps, wav) as writer:
+            render_s, t0 = 0.0, time.time()
+            for k in tqdm(range(T), desc='render', disable=not progress, leave=False):
+                t = time.time()
+                rgb = head.frame_rgb(k, features)
+                render_s += time.time() - t
+                writer.write(rgb)
+            path = writer.close()
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted): raise
+        raise _interrupted(k, T, out, existed) from None
+    return dict(out=str(path), frames=T, seconds=T / head.fps, audio_seconds=len(wav) / SAMPLE_RATE,
+                render_fps=T / max(render_s, 1e-9), total_fps=T / max(time.time() - t0, 1e-9), features_s=round(features_s, 2))
 
 def main_render(argv: list[str]) -> int:
-    "`instag render RUN --audio speech.wav --out talk.mp4`."
+    "`instag render RUN --audio speech.wav --out talk.mp4 [--overwrite]`."
     ap = argparse.ArgumentParser(prog='instag render', description='Render a trained head speaking any audio to an mp4 with sound.')
     ap.add_argument('run', help='training run directory (outputs/train/<run>)')
     ap.add_argument('--audio', required=True, help='speech: wav, mp3, mp4, ... any rate and length (resampled to 16 kHz)')
     ap.add_argument('--out', default=None, help='mp4 to write (default: RUN/render-<audio name>.mp4)')
+    ap.add_argument('--overwrite', action='store_true', help='replace --out when it exists (it is replaced only once the new video is complete)')
     ap.add_argument('--data', default=None, help='the training dataset, if it moved since training')
     ap.add_argument('--force', action='store_true', help='accept a --data that holds another recording')
     ap.add_argument('--max-seconds', type=float, default=None, help='render only the first seconds of the audio')
@@ -171,11 +190,16 @@ def main_render(argv: list[str]) -> int:
         raise UserError(f'--max-seconds {a.max_seconds}: give a positive number of seconds')
     out = Path(a.out) if a.out else Path(a.run) / f'render-{Path(a.audio).stem}.mp4'
     if out.suffix.lower() != '.mp4' and not out.is_dir(): raise UserError(f'--out {out}: instag render writes mp4 files; give a name ending in .mp4')
+    if out.is_file() and not a.overwrite:
+        raise UserError(f'{out} already exists: pass --overwrite to replace it, or choose another --out')
     probe_writable(out)
     if a.threads: torch.set_num_threads(a.threads)
     wav = load_audio(a.audio)  # every check of the input before the model loads
+    if a.max_seconds: wav = wav[:int(a.max_seconds * SAMPLE_RATE)]
+    check_audio_length(len(wav), FPS)
     head = load_run(a.run, a.data, a.force)
-    r = render_audio(head, wav, out, progress=not a.quiet, max_seconds=a.max_seconds)
-    print(f'{r["out"]}: {r["frames"]} frames ({r["seconds"]:.2f} s) at {head.width}x{head.height}; '
+    r = render_audio(head, wav, out, progress=not a.quiet)
+    padded = f' ({r["audio_seconds"]:.2f} s of audio, then silence)' if r['seconds'] - r['audio_seconds'] >= 1 / head.fps else ''
+    print(f'{r["out"]}: {r["frames"]} frames ({r["seconds"]:.2f} s){padded} at {head.width}x{head.height}; '
           f'audio features {r["features_s"]:.1f} s, render {r["render_fps"]:.1f} FPS, with encoding {r["total_fps"]:.1f} FPS')
     return 0

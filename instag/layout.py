@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_layout.ipynb #6354b063
 from __future__ import annotations
-import csv, json, time
+import csv, json, math, os, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from .core import UserError, atomic_write_bytes, read_json
 # %% auto #0
 __all__ = ['LAYOUT_NAME', 'LAYOUT_VERSION', 'FPS', 'SAMPLE_RATE', 'AU_NAMES', 'OPENFACE_AU_COLUMNS', 'LABELS',
            'FACE_BRANCH_LABELS', 'MOUTH_BRANCH_LABELS', 'PARSING_COLORS', 'REQUIRED_FILES', 'REQUIRED_DIRS',
-           'AudioFeatureInfo', 'Metadata', 'write_transforms', 'write_au_csv', 'read_au_csv']
+           'NPY_KINDS', 'AudioFeatureInfo', 'Metadata', 'write_transforms', 'write_au_csv', 'read_au_csv', 'inside',
+           'npy_problem', 'read_npy']
 
 # %% ../nbs/20_layout.ipynb #86994f0f
 LAYOUT_NAME = 'instag-dataset'
@@ -43,6 +44,8 @@ PARSING_COLORS = dict(background=(255, 255, 255), head=(0, 0, 255), neck=(0, 255
 
 REQUIRED_FILES = ('transforms_train.json', 'transforms_val.json', 'bc.jpg', 'aud.wav', 'au.csv')
 REQUIRED_DIRS = ('ori_imgs', 'gt_imgs', 'torso_imgs', 'parsing')
+# what a dataset's .npy files may hold: booleans, integers and floats; never Python objects (a pickle runs code)
+NPY_KINDS = 'biuf'
 
 # %% ../nbs/20_layout.ipynb #21bcbac4
 @dataclass
@@ -85,6 +88,10 @@ class Metadata:
         if d.get('layout') != LAYOUT_NAME: raise UserError(f"{p}: layout {d.get('layout')!r} is not {LAYOUT_NAME!r}")
         if d.get('version', 0) > LAYOUT_VERSION: raise UserError(f"{p}: layout version {d['version']} is newer than this instag ({LAYOUT_VERSION}): upgrade instag")
         known = {f for f in cls.__dataclass_fields__}
+        feats = d.get('audio_features', {})
+        if not isinstance(feats, dict) or not all(isinstance(v, dict) and isinstance(v.get('file'), str) for v in feats.values()):
+            raise UserError(f'{p}: audio_features must map names to entries with a file: make the dataset again with instag prepare')
+        for name, v in feats.items(): inside(root, v['file'], f'audio_features.{name}.file')
         return cls(**{k: v for k, v in d.items() if k in known})
 
 # %% ../nbs/20_layout.ipynb #a2a464ed
@@ -121,4 +128,45 @@ def read_au_csv(path: Path | str) -> np.ndarray:  # -> [T, 6]
     missing = [n for n in AU_NAMES if n + '_r' not in header]
     if missing: raise UserError(f'{path} lacks the columns {", ".join(m + "_r" for m in missing)}: it must be an OpenFace AU file')
     cols = [header.index(n + '_r') for n in AU_NAMES]
-    return np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float32)
+    try: return np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float32)
+    except (ValueError, IndexError) as e:
+        raise UserError(f'{path} holds a row that is not numbers ({_first_line(e)}): rerun OpenFace (or instag prepare) to remake it') from None
+
+# %% ../nbs/20_layout.ipynb #41ca3d7f
+def inside(root: Path | str, rel: Path | str, what: str = 'a path') -> Path:
+    "`root / rel`, refused in one line when it leaves the dataset folder `root` (symbolic links followed)."
+    root, rel = Path(root), Path(rel)
+    real = Path(os.path.realpath(root / rel))
+    if rel.is_absolute() or not real.is_relative_to(os.path.realpath(root)):
+        raise UserError(f'{root}: {what} {rel.as_posix()} points outside the dataset folder: every file of a dataset lies inside '
+                        'it; copy the file in (no link out) and name it relative to the folder, or make the dataset again with instag prepare')
+    return root / rel
+
+def _first_line(e: BaseException) -> str: return (str(e).splitlines() or [type(e).__name__])[0][:80]  # for one-line errors
+
+def npy_problem(path: Path | str, max_rows: int | None = None, lead: tuple = ()) -> str | None:
+    "What is wrong with a dataset's .npy file, judged from its header alone (None: nothing): read nothing else before this."
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, 'rb') as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers: raise ValueError(f'unsupported .npy version {version}')
+            shape, _, dtype = readers[version](f)
+            data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+    except FileNotFoundError: raise
+    except (OSError, ValueError, EOFError, SyntaxError) as e: return f'is not a readable .npy file ({_first_line(e)})'
+    if dtype.hasobject or dtype.kind not in NPY_KINDS:
+        return f'holds {dtype} values, not plain numbers (instag never unpickles a dataset file)'
+    need = math.prod(shape) * dtype.itemsize
+    if data_bytes < need: return f'is truncated: its header promises {list(shape)} {dtype} ({need} bytes) but {data_bytes} follow'
+    if max_rows is not None and (not shape or shape[0] > max_rows):
+        return f'has shape {list(shape)} where this dataset allows at most {max_rows} rows'
+    if tuple(shape[:len(lead)]) != tuple(lead): return f'has shape {list(shape)}, not {list(lead)} + ...'
+    return None
+
+def read_npy(path: Path | str, fix: str, max_rows: int | None = None, lead: tuple = (), mmap: bool = False) -> np.ndarray:
+    "A dataset's .npy file, checked from its header first (`npy_problem`); one line naming it and `fix` when it is damaged."
+    why = npy_problem(path, max_rows, lead)
+    if why: raise UserError(f'{path} {why}: {fix}')
+    try: return np.load(path, allow_pickle=False, mmap_mode='r' if mmap else None)
+    except (OSError, ValueError, EOFError) as e: raise UserError(f'{path} cannot be read ({_first_line(e)}): {fix}') from None

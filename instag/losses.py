@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import Config
+from .config import Config, bounded
 
 # %% auto #0
 __all__ = ['SSIM_C1', 'SSIM_C2', 'HOLE_TRANSMITTANCE', 'LossConfig', 'gaussian_kernel', 'gaussian_window', 'ssim_map',
@@ -22,29 +22,29 @@ __all__ = ['SSIM_C1', 'SSIM_C2', 'HOLE_TRANSMITTANCE', 'LossConfig', 'gaussian_k
 class LossConfig(Config):
     "Weights and windows of the synthesizer's losses."
     # weight of (1 - SSIM) added to L1 in the photometric loss
-    ssim_weight: float = 0.2
+    ssim_weight: float = bounded(0.2, ge=0)
     # side of the Gaussian SSIM window
-    ssim_window: int = 11
+    ssim_window: int = bounded(11, ge=1)
     # standard deviation of the SSIM window
-    ssim_sigma: float = 1.5
+    ssim_sigma: float = bounded(1.5, gt=0)
     # weight of the alpha loss (alpha -> 1 on the region, 0 elsewhere)
-    alpha_weight: float = 1e-3
+    alpha_weight: float = bounded(1e-3, ge=0)
     # weight of the L1 on every predicted delta
-    delta_weight: float = 1e-5
+    delta_weight: float = bounded(1e-5, ge=0)
     # weight of the lip loss: squared error of the motion field's lip probe (audio code -> mouth opening) against the
     # standardized inner-lip gap measured by prepare (0: off, as in the paper; the cpu preset turns it on)
-    lip_weight: float = 0.0
+    lip_weight: float = bounded(0.0, ge=0)
     # Geometry Prior Regularizer (adaptation, few-shot only; METHOD): weight of the scale-invariant depth loss
     # (lambda_D = 0.01) and of the normal loss (lambda_N = 0.001, paper; official code 0.01); 0: off
-    depth_weight: float = 0.0
-    normal_weight: float = 0.0
+    depth_weight: float = bounded(0.0, ge=0)
+    normal_weight: float = bounded(0.0, ge=0)
     # the stage step from which the geometry losses apply (METHOD: 5000, after the warm-up)
-    geometry_start: int = 0
+    geometry_start: int = bounded(0, ge=0)
     # instag addition (issue 13): weight of the face branch's optical depth -log(1 - alpha) over the open mouth (the
     # ground truth's inside-mouth mask), so the face opens a hole for the mouth branch; 0: off (the paper has no such term)
-    hole_weight: float = 0.0
+    hole_weight: float = bounded(0.0, ge=0)
     # the face-stage step from which it applies (adaptation: the end of the warm-up)
-    hole_start: int = 0
+    hole_start: int = bounded(0, ge=0)
 
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # SSIM stabilisers for images in [0, 1]
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .config import bounded
 from .core import UserError, get_device, new_run_dir, seed_everything
 from .distributed import Dist, DistributedCallback, gather_heads, init_distributed
 from .data import DataConfig, TalkingHeadDataset
@@ -20,7 +21,7 @@ from .motion import MotionField
 from .prior import PRIOR, audio_kind, describe_audio, file_hash, save_prior
 from .runs import CONFIG, CHECKPOINT, MODEL, load_model_state, read_run_info, save_torch, write_run_info
 from .talking_head import SynthesizerConfig, TalkingHead, face_branch_config, field_deformation, mouth_branch_config
-from .train import parse_params
+from .train import claim_run_dir, parse_params
 from .trainer import LOSS_TERMS, Callback, FrameSampler, StepOutput, Stage, Trainer, TrainerConfig, scale_lr
 
 # %% auto #0
@@ -41,41 +42,41 @@ class PretrainConfig(TrainerConfig):
     # preset these values started from (informational)
     preset: str = 'cpu'
     # seconds of each identity's training part to use (0: all of it)
-    seconds: float = 0.0
+    seconds: float = bounded(0.0, ge=0)
     # iterations of the face and mouth stages, over all identities (paper: 30k per video x 5 videos = 150k)
-    face_iterations: int = 150_000
-    mouth_iterations: int = 150_000
+    face_iterations: int = bounded(150_000, ge=0)
+    mouth_iterations: int = bounded(150_000, ge=0)
     # static warm-up: the first iterations of each stage train the structure only (paper: 5k face, 15k mouth)
-    face_static_iterations: int = 5_000
-    mouth_static_iterations: int = 15_000
+    face_static_iterations: int = bounded(5_000, ge=0)
+    mouth_static_iterations: int = bounded(15_000, ge=0)
     # motion lr x 0.5^(step / motion_lr_half_life) within a stage (paper: 0.5^(it / 100k) over 150k)
-    motion_lr_half_life: int = 100_000
+    motion_lr_half_life: int = bounded(100_000, ge=1)
     # the heads: structure fields, universal and personalized motion fields
     synthesizer: SynthesizerConfig = field(default_factory=pretrain_synthesizer)
     # how frames, audio features and AUs are read; cache_mb is the most one identity's decoded frames may hold
     data: DataConfig = field(default_factory=lambda: DataConfig(cache_mb=64))
     # decoded frames of all identities together, MB: each identity gets min(data.cache_mb, this / identities), so
     # memory stays bounded however many people the corpus holds (the official code keeps every frame in RAM)
-    cache_mb_total: int = 1024
+    cache_mb_total: int = bounded(1024, ge=1)
     # densification of each identity's face Gaussians (its own steps only); refine_stop counts from the stage end
     densify: DensifyStrategy = field(default_factory=lambda: DensifyStrategy(refine_stop=1000))
     # densification gradient threshold of the mouth stage (METHOD: 2e-4)
-    mouth_grad_threshold: float = 2e-4
+    mouth_grad_threshold: float = bounded(2e-4, ge=0)
     # weight lambda_C of the Negative Contrast Loss (METHOD: 1; 0 switches it off)
-    contrast_weight: float = 1.0
+    contrast_weight: float = bounded(1.0, ge=0)
     # length, in metres, that d_mu is measured in inside the hinge: max(0, <d_i, d_j>) / contrast_unit^2. 1.0 is the
     # hinge on metres (METHOD's formula in instag's frame); 1e-2, the fields' output unit, keeps the personalized fields
     # apart in both branches but its prior adapted worse (nbs/experiments/pretrain_results)
     contrast_unit: float = 1.0
     # other identities compared per face step: 0 = all of them (METHOD), K = K drawn at random (cost stops growing)
-    negatives: int = 0
+    negatives: int = bounded(0, ge=0)
     # the same for the mouth stage (official code: one random identity)
-    mouth_negatives: int = 1
+    mouth_negatives: int = bounded(1, ge=0)
     # EMA of the universal fields: decay per step (METHOD: 0.995), applied every ema_every steps as decay^ema_every
-    ema_decay: float = 0.995
-    ema_every: int = 10
+    ema_decay: float = bounded(0.995, ge=0, le=1)
+    ema_every: int = bounded(10, ge=1)
     # draw frames with weight 1 + lip_sampling x rank(mouth opening) where a dataset has the opening (instag addition)
-    lip_sampling: float = 0.0
+    lip_sampling: float = bounded(0.0, ge=0)
 
     def __post_init__(self):
         super().__post_init__()
@@ -304,6 +305,7 @@ def _encoder_record(entry: dict | None) -> dict | None:
 def pretrain(corpus: Path | str, cfg: PretrainConfig | None = None, run_dir: Path | str | None = None, tag: str = '',
              callbacks=(), verbose: bool = True, root: Path | str | None = None) -> Pretrainer:
     "Pre-train universal motion fields on every identity of `corpus`; the run directory ends with prior.pt."
+    if run_dir is not None: claim_run_dir(run_dir, 'pretrain')  # before any work: never over the user's files
     roots = read_corpus(corpus)
     cfg = cfg or pretrain_config()
     datasets = _datasets(roots, cfg)

@@ -26,10 +26,17 @@ def load_pretrain(run_dir: Path | str) -> tuple[PretrainModel, dict]:
     "The `PretrainModel` of a finished pre-training run (`model.pt`) and its info."
     path = Path(run_dir) / MODEL
     saved = load_torch(path, 'pre-training model')
-    if saved.get('kind') != 'pretrain': raise UserError(f'{path} is not a pre-training model: give an instag pretrain run')
-    model = PretrainModel(SynthesizerConfig.from_dict(saved['synthesizer']), saved['names'])
-    model.load_state(saved['model'])
-    return model.eval(), saved['info']
+    if not isinstance(saved, dict) or saved.get('kind') != 'pretrain':
+        raise UserError(f'{path} is not a pre-training model: give an instag pretrain run')
+    try:
+        model = PretrainModel(SynthesizerConfig.from_dict(saved['synthesizer']), saved['names'])
+        model.load_state(saved['model'])
+        info = dict(saved['info'])
+        info['datasets'], info['test_ids']  # what the evaluation reads: a KeyError here, not after the model loads
+    except (KeyError, TypeError, ValueError, RuntimeError, UserError) as e:  # a file that says pretrain but holds something else
+        why = f'no {e}' if isinstance(e, KeyError) else (str(e).splitlines() or [''])[0][:120]
+        raise UserError(f'{path} is not a complete instag pre-training model ({why}): rerun instag pretrain') from None
+    return model.eval(), info
 
 @torch.no_grad()
 def motion_statistics(model: PretrainModel, datasets: list[TalkingHeadDataset], frame_ids: list[list[int]],
@@ -83,8 +90,10 @@ def evaluate_pretrain(run_dir: Path | str, frames: int = 60, lmd: bool = True, w
 def main_pretrain_eval(argv: list[str]) -> int:
     "`python -m instag.pretrain_eval RUN [--frames 60] [--no-lmd]`: writes RUN/metrics.json, prints one JSON line."
     ap = argparse.ArgumentParser(prog='instag pretrain-eval', description='What a pre-training run learned (held-out frames of each identity).')
-    ap.add_argument('run'); ap.add_argument('--frames', type=int, default=60); ap.add_argument('--no-lmd', action='store_true')
+    ap.add_argument('run'); ap.add_argument('--no-lmd', action='store_true')
+    ap.add_argument('--frames', type=int, default=60, help='held-out frames per identity (0: all)')
     a = ap.parse_args(argv)
+    if a.frames < 0: raise UserError(f'--frames {a.frames}: give the number of held-out frames per identity (0: all of them)')
     print(json.dumps(evaluate_pretrain(a.run, a.frames, not a.no_lmd)))
     return 0
 

@@ -66,6 +66,13 @@ def load_prior(name_or_path: str | Path) -> dict:
         raise UserError(f'{path} is not an instag prior (no kind instag-prior): give the prior.pt of instag pretrain')
     if prior.get('format') != PRIOR_FORMAT:
         raise UserError(f'{path} is prior format {prior.get("format")}; this instag reads format {PRIOR_FORMAT}: pre-train it again')
+    shape = dict(universal=dict, universal_ema=dict, motion=dict, audio=dict, corpus=list)  # what adaptation reads
+    bad = [k for k, t in shape.items() if not isinstance(prior.get(k), t)]
+    if not bad:
+        bad = [f'audio {k}' for k in ('kind', 'dim') if k not in prior['audio']]
+        bad += [f'{k} {b}' for k in ('universal', 'universal_ema', 'motion') for b in ('face', 'mouth')
+                if not isinstance(prior[k].get(b), dict)]
+    if bad: raise UserError(f'{path} is not a complete instag prior (no valid {bad[0]}): give the prior.pt of instag pretrain')
     prior['path'] = str(path)
     return prior
 
@@ -73,8 +80,12 @@ def prior_fields(prior: dict, ema: bool = True) -> nn.ModuleDict:
     "The universal face and mouth `MotionField`s of a prior (EMA weights by default)."
     out = nn.ModuleDict()
     for b, cfg in prior['motion'].items():
-        f = MotionField(MotionFieldConfig.from_dict(cfg))
-        f.load_state_dict(prior['universal_ema' if ema else 'universal'][b])
+        try:
+            f = MotionField(MotionFieldConfig.from_dict(cfg))
+            f.load_state_dict(prior['universal_ema' if ema else 'universal'][b])
+        except (RuntimeError, UserError) as e:  # weights that do not fit their own config: a damaged or edited file
+            raise UserError(f'{prior.get("path", "the prior")}: its {b} field does not load ({(str(e).splitlines() or [""])[0][:120]}): '
+                            'give the prior.pt of instag pretrain') from None
         out[b] = f
     return out
 

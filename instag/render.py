@@ -15,8 +15,9 @@ from .sh import SH_C0, eval_sh, sh_coeffs
 
 # %% auto #0
 __all__ = ['TILE_SIZE', 'NEAR_PLANE', 'EPS2D', 'ALPHA_MIN', 'ALPHA_MAX', 'T_MIN', 'FOV_CLAMP', 'CHUNK_ELEMENTS', 'BACKENDS',
-           'RenderOut', 'quat_to_rotmat', 'project_gaussians', 'tile_bins', 'composite_torch', 'camera_center',
-           'gaussian_colors', 'head_gaussians', 'resolve_backend', 'render', 'render_camera']
+           'FIELD_SHAPES', 'RenderOut', 'quat_to_rotmat', 'project_gaussians', 'tile_bins', 'composite_torch',
+           'camera_center', 'gaussian_colors', 'head_gaussians', 'resolve_backend', 'check_render_inputs', 'render',
+           'render_camera']
 
 # %% ../nbs/10_render.ipynb #36e7cf7c
 TILE_SIZE = 16          # tile edge in pixels (binning unit)
@@ -260,6 +261,40 @@ def resolve_backend(backend: str, means: Tensor) -> str:
         if cpu_backend_available(): return 'cpu'
     return 'torch'
 
+# the shape of each field render reads (gsplat spelling); N: Gaussians, K: higher SH coefficients, F: feature channels
+FIELD_SHAPES = dict(means='[N,3]', quats='[N,4]', scales='[N,3]', opacities='[N]', sh0='[N,1,3]', shN='[N,K,3]',
+                    colors='[N,3]', features='[N,F]')
+
+def _shape_ok(name: str, shape: tuple, N: int) -> bool:
+    want = FIELD_SHAPES[name][1:-1].split(',')
+    return len(shape) == len(want) and all(w.isalpha() and (w != 'N' or s == N) or str(s) == w for w, s in zip(want, shape))
+
+def check_render_inputs(gaussians: Mapping[str, Tensor], viewmat: Tensor, K: Tensor, width: int, height: int,
+                        features: Tensor | None = None) -> None:
+    "Refuse what `render` cannot draw with a `ValueError` naming the argument: a missing field, a wrong shape, NaN or inf."
+    for name in ('means', 'quats', 'scales', 'opacities'):
+        if gaussians.get(name) is None: raise ValueError(f"gaussians has no {name!r}: render needs {name} {FIELD_SHAPES[name]}")
+    if gaussians.get('colors') is None and gaussians.get('sh0') is None:
+        raise ValueError("gaussians has neither 'colors' [N,3] nor 'sh0' [N,1,3]: render needs one of them")
+    means = gaussians['means']
+    N = means.shape[0] if means.dim() else -1
+    fields = {f"gaussians[{k!r}]": (k, gaussians[k]) for k in FIELD_SHAPES if k != 'features' and gaussians.get(k) is not None}
+    if features is not None: fields['features'] = ('features', features)
+    fields.update(viewmat=('viewmat', viewmat), K=('K', K))
+    for arg, (name, t) in fields.items():
+        want = dict(viewmat='[4,4] (OpenCV world-to-camera)', K='[3,3] (intrinsics)').get(name) or f'{FIELD_SHAPES[name]} with N = {N} (from means)'
+        ok = tuple(t.shape) == {'viewmat': (4, 4), 'K': (3, 3)}[name] if name in ('viewmat', 'K') else _shape_ok(name, tuple(t.shape), N)
+        if not ok: raise ValueError(f'{arg} must be {want}, got shape {list(t.shape)}')
+    if int(width) < 1 or int(height) < 1: raise ValueError(f'width and height must be positive pixels, got {width}x{height}')
+    # a sum is NaN or inf when any term is (40x cheaper than isfinite over every element); a finite sum that overflows is
+    # confirmed element by element before anything is refused
+    sums = torch.stack([t.detach().sum().to(means.device, torch.float32) for _, t in fields.values()])
+    if bool(torch.isfinite(sums).all()): return  # the one host sync of the check
+    bad = [a for a, (_, t), s in zip(fields, fields.values(), sums.tolist()) if not math.isfinite(s) and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f'{bad[0]} holds NaN or infinite values: render refuses non-finite Gaussians and cameras on every backend; '
+                         'find where they came from (a diverged optimisation, a bad file) or drop them first')
+
 def render(gaussians: Mapping[str, Tensor], # means [N,3], quats [N,4], scales [N,3] (log), opacities [N] (logit), sh0/shN or colors
            viewmat: Tensor,                 # [4,4] OpenCV world-to-camera
            K: Tensor,                       # [3,3] intrinsics
@@ -270,12 +305,9 @@ def render(gaussians: Mapping[str, Tensor], # means [N,3], quats [N,4], scales [
            features: Tensor | None = None,  # [N,F] extra per-Gaussian channels; default gaussians['features']
           ) -> RenderOut:
     "Render Gaussians from one pinhole camera; differentiable in every Gaussian input."
-    means = gaussians['means']
-    N = means.shape[0]
-    assert means.shape == (N, 3) and gaussians['quats'].shape == (N, 4) and gaussians['scales'].shape == (N, 3)
-    assert gaussians['opacities'].shape == (N,), f"opacities must be [N], got {tuple(gaussians['opacities'].shape)}"
-    assert viewmat.shape == (4, 4) and K.shape == (3, 3)
     if features is None: features = gaussians.get('features')
+    check_render_inputs(gaussians, viewmat, K, width, height, features)
+    means = gaussians['means']
     backend = resolve_backend(backend, means)
     if backend == 'cpu':
         from instag._render_cpu import render_cpu

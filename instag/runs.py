@@ -4,7 +4,7 @@
 
 # %% ../nbs/44a_runs.ipynb #8d55e1f1
 from __future__ import annotations
-import argparse, io, json, os, subprocess, sys, time
+import argparse, io, json, os, socket, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,10 @@ from .talking_head import SynthesizerConfig, TalkingHead
 
 # %% auto #0
 __all__ = ['RUN_INFO', 'CONFIG', 'CHECKPOINT', 'MODEL', 'HISTORY', 'LOSS_CURVE', 'METRICS', 'STRIP', 'RUN_FILES', 'PLOTLY_JS',
-           'git_commit', 'write_run_info', 'read_run_info', 'save_torch', 'load_torch', 'numpy_rng_state',
-           'set_numpy_rng_state', 'load_model_state', 'save_model', 'load_model', 'write_history', 'read_history',
-           'read_metrics', 'loss_figure', 'write_loss_curve', 'execute_notebook', 'is_run', 'list_runs']
+           'LOCK_EMPTY_S', 'git_commit', 'write_run_info', 'read_run_info', 'save_torch', 'load_torch',
+           'numpy_rng_state', 'set_numpy_rng_state', 'load_model_state', 'save_model', 'load_model', 'write_history',
+           'read_history', 'read_metrics', 'loss_figure', 'write_loss_curve', 'execute_notebook', 'lock_holder',
+           'take_lock', 'drop_lock', 'is_run', 'list_runs']
 
 # %% ../nbs/44a_runs.ipynb #52051f74
 RUN_INFO, CONFIG, CHECKPOINT, MODEL = 'run.json', 'config.yaml', 'checkpoint.pt', 'model.pt'
@@ -164,6 +165,57 @@ def execute_notebook(job: str,                      # 'train', 'pretrain', ...: 
     pm.execute_notebook(str(src), str(run_dir / f'{job}.ipynb'), cwd=str(run_dir), progress_bar=False, kernel_name=kernel,
                         parameters=dict(**inputs, run_dir=str(run_dir), **params))
     return run_dir
+
+# %% ../nbs/44a_runs.ipynb #c9246031
+LOCK_EMPTY_S = 30  # a lock still empty after this long lost its writer between creating and filling it
+
+def lock_holder(path: Path | str) -> dict:
+    "The record in the lock file `path` ({} when absent, empty or unreadable)."
+    try: d = json.loads(Path(path).read_text())
+    except (OSError, ValueError): return {}
+    return d if isinstance(d, dict) else {}
+
+def _alive(pid) -> bool:
+    try: os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError, OverflowError): return False
+    except PermissionError: return True  # someone else's process
+    return True
+
+def _stale(path: Path, holder: dict) -> bool:
+    if not holder:
+        try: return time.time() - path.stat().st_mtime > LOCK_EMPTY_S
+        except OSError: return False
+    return holder.get('host') == socket.gethostname() and not _alive(holder.get('pid'))
+
+def take_lock(path: Path | str, **extra) -> dict | None:
+    "Create the lock file `path` for this process (pid, host, since, `extra`): None when it is ours, else its holder's record."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **extra)
+    for _ in range(5):
+        try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(path)
+            if not _stale(path, holder): return holder or dict(pid='?', host='?', since='(being written)')
+            grave = path.with_name(f'{path.name}.{os.getpid()}.stale')
+            try: os.rename(path, grave)  # of two processes taking it over, one gets the stale file
+            except FileNotFoundError: continue
+            if lock_holder(grave) != holder:  # a live lock made since we read it: put it back
+                try: os.link(grave, path)
+                except FileExistsError: pass
+            grave.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, 'w') as f:
+            f.write(json.dumps(me))
+            f.flush()
+            os.fsync(f.fileno())
+        return None
+    return lock_holder(path) or dict(pid='?', host='?', since='?')
+
+def drop_lock(path: Path | str) -> None:
+    "Remove the lock file `path` if this process holds it."
+    h = lock_holder(path)
+    if h.get('pid') == os.getpid() and h.get('host') == socket.gethostname(): Path(path).unlink(missing_ok=True)
 
 # %% ../nbs/44a_runs.ipynb #e3d1207b
 def is_run(path: Path) -> bool: return path.is_dir() and any((path / f).exists() for f in RUN_FILES)

@@ -4,24 +4,28 @@
 
 # %% ../nbs/45_train.ipynb #5b635633
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, math, re, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .config import bounded, plain_yaml
 from .core import UserError, atomic_write_bytes, dataset_fingerprint, new_run_dir, seed_everything
 from .data import DataConfig, TalkingHeadDataset
 from .evaluate import evaluate
 from .gaussians import DensifyStrategy
-from .runs import CHECKPOINT, CONFIG, METRICS, RUN_INFO, STRIP, execute_notebook, read_run_info, write_run_info
+from .index import CELL, EVALUATION
+from .runs import (CHECKPOINT, CONFIG, HISTORY, LOSS_CURVE, METRICS, MODEL, RUN_INFO, STRIP, execute_notebook,
+                         read_run_info, write_run_info)
 from .talking_head import SynthesizerConfig, TalkingHead
 from .trainer import Callback, FrameSampler, Stage, Trainer, TrainerConfig
 
 # %% auto #0
-__all__ = ['PRESETS', 'FUSE_GROUPS', 'BRANCH_TERMS', 'EXPERIMENT_NOTEBOOK', 'TrainConfig', 'train_config', 'stages_for',
-           'EvaluateCallback', 'resolve_dataset', 'make_trainer', 'train', 'run_dataset', 'resume', 'parse_value',
-           'parse_params', 'add_run_options', 'run_overrides', 'report_run', 'main_train', 'run_notebook']
+__all__ = ['PRESETS', 'FUSE_GROUPS', 'BRANCH_TERMS', 'RUN_OUTPUTS', 'EXPERIMENT_NOTEBOOK', 'TrainConfig', 'train_config',
+           'stages_for', 'EvaluateCallback', 'resolve_dataset', 'make_trainer', 'claim_run_dir', 'train', 'run_dataset',
+           'resume', 'parse_value', 'parse_params', 'add_run_options', 'run_overrides', 'report_run', 'main_train',
+           'run_notebook']
 
 # %% ../nbs/45_train.ipynb #02870b2c
 @dataclass
@@ -30,13 +34,13 @@ class TrainConfig(TrainerConfig):
     # preset these values started from (informational)
     preset: str = 'cpu'
     # seconds of video to train on, from the start of the training part (0: all of it)
-    seconds: float = 5.0
+    seconds: float = bounded(5.0, ge=0)
     # iterations of the three stages: face branch, mouth branch, fuse (colours and face opacity on the composite)
-    face_iterations: int = 10_000
-    mouth_iterations: int = 10_000
-    fuse_iterations: int = 2_000
+    face_iterations: int = bounded(10_000, ge=0)
+    mouth_iterations: int = bounded(10_000, ge=0)
+    fuse_iterations: int = bounded(2_000, ge=0)
     # the first iterations of the face and mouth stages train the structure only (no motion)
-    static_iterations: int = 0
+    static_iterations: int = bounded(0, ge=0)
     # the two branches: structure fields and motion fields
     synthesizer: SynthesizerConfig = field(default_factory=SynthesizerConfig)
     # how frames, audio features and AUs are read
@@ -44,15 +48,15 @@ class TrainConfig(TrainerConfig):
     # densification of the face stage; the mouth stage uses mouth_grad_threshold; refine_stop counts from the end (at most half a stage)
     densify: DensifyStrategy = field(default_factory=lambda: DensifyStrategy(refine_stop=1000))
     # densification gradient threshold of the mouth stage (METHOD: 2e-4)
-    mouth_grad_threshold: float = 2e-4
+    mouth_grad_threshold: float = bounded(2e-4, ge=0)
     # draw training frames with weight 1 + lip_sampling x (rank of their mouth opening, 0..1) where the dataset has
     # the opening (0: uniformly, as the paper): the few wide-open frames are what teaches the lips to part
-    lip_sampling: float = 0.0
+    lip_sampling: float = bounded(0.0, ge=0)
     # what the evaluation tests on: 'rest' (every frame after the training seconds) or 'tail' (only the dataset's
     # held-out part, e.g. the last 10 s of a clip prepared with --val-fraction 0.5)
     test_split: str = 'rest'
     # test frames evaluated at the end (evenly spaced over the test frames; 0: all)
-    eval_frames: int = 100
+    eval_frames: int = bounded(100, ge=0)
     # also measure the mouth landmark distance with the MediaPipe face mesh (seconds per 100 frames)
     eval_lmd: bool = True
     # the colour behind a branch while it trains alone (`TrainerConfig`): 'random' here, white for pre-training. Over
@@ -152,6 +156,22 @@ def make_trainer(cfg: TrainConfig, ds: TalkingHeadDataset, run_dir: Path, callba
     t.train_ids, t.test_ids, t.ds = list(train_ids), list(test_ids), ds
     return t
 
+# what instag writes into a run folder: a folder holding anything else is not handed to a job
+RUN_OUTPUTS = (RUN_INFO, CONFIG, CHECKPOINT, MODEL, HISTORY, LOSS_CURVE, METRICS, STRIP, EVALUATION, 'prior.pt', 'universal.pt')
+
+def claim_run_dir(run_dir: Path | str, job: str) -> Path:
+    "`run_dir` for a new `job` run, checked before anything is written: refuse a file, a folder holding files instag did not write, or a run already there."
+    p = Path(run_dir)
+    if p.exists() and not p.is_dir(): raise UserError(f'--run-dir {p} is a file: give a new or empty folder for the run')
+    if not p.is_dir(): return p
+    run = bool(read_run_info(p).get('job'))  # run.json of an instag run: its outputs beside it are instag's
+    ours = lambda n: n in (f'{job}.ipynb', 'kernel.log', CELL) or run and (n in RUN_OUTPUTS or re.fullmatch(r'rank\d+', n))
+    foreign = sorted(e.name for e in p.iterdir() if not e.name.startswith('.') and not ours(e.name))
+    if foreign: raise UserError(f'{p} holds files instag did not write ({", ".join(foreign[:3])}): give a new or empty --run-dir')
+    if any((p / f).exists() for f in (CHECKPOINT, MODEL, 'prior.pt')):
+        raise UserError(f'{p} already holds an instag run: continue it with instag {job} --resume {p}, or give a new --run-dir')
+    return p
+
 def train(data: Path | str,                 # dataset folder (or a name under data/)
           cfg: TrainConfig | None = None,   # default: the `cpu` preset
           run_dir: Path | str | None = None, # default: a new outputs/train/<stamp>-<tag>/
@@ -159,6 +179,7 @@ def train(data: Path | str,                 # dataset folder (or a name under da
           fit: bool = True,                 # False: return the trainer before its first step (e.g. for `instag.widgets.TrainingPanel`)
          ) -> Trainer:
     "Train a talking head on `data`; the run directory holds config.yaml, checkpoints, model.pt, curves and metrics."
+    if run_dir is not None: claim_run_dir(run_dir, 'train')
     root_ds = resolve_dataset(data)
     cfg = cfg or train_config()
     ds = TalkingHeadDataset(root_ds, cfg.data)
@@ -202,25 +223,24 @@ def resume(run_dir: Path | str, callbacks=(), verbose: bool = True, evaluate: bo
     t.fit()
     return t
 
-def parse_value(text: str):
-    "A command-line value: int, float (also '2e-2', which YAML 1.1 reads as a string), else YAML (bool, list, str)."
-    import yaml
+def parse_value(text: str, name: str = 'the value'):
+    "A command-line value: int, float (also '2e-2', which YAML 1.1 reads as a string), else plain YAML (bool, list, str)."
     for kind in (int, float):
         try: return kind(text)
         except ValueError: pass
-    return yaml.safe_load(text)
+    return plain_yaml(text, f'-p {name}={text}')
 
 def parse_params(params: list[str]) -> dict:
     "`-p NAME=VALUE` options as a flat override dict."
     over = {}
     for p in params:
         if '=' not in p: raise UserError(f'-p {p!r}: write NAME=VALUE')
-        k, v = p.split('=', 1); over[k.strip()] = parse_value(v)
+        k, v = p.split('=', 1); over[k.strip()] = parse_value(v, k.strip())
     return over
 
 def add_run_options(ap: argparse.ArgumentParser, presets) -> None:
     "The options every job that trains one person shares (`instag train`, `instag adapt`)."
-    ap.add_argument('--seconds', type=float, default=None, help='learn from the first S seconds (default: the preset, 5)')
+    ap.add_argument('--seconds', type=float, default=None, help='learn from the first S seconds of the training part; 0: all of it (default: the preset, 5)')
     ap.add_argument('--preset', default='cpu', choices=sorted(presets), help='cpu: scaled for 2 cores (default); paper: the paper schedule')
     ap.add_argument('--device', default=None, choices=('auto', 'cpu', 'cuda'), help='where to train (default: auto, CUDA when present)')
     ap.add_argument('-p', '--param', action='append', default=[], metavar='NAME=VALUE',
@@ -234,6 +254,10 @@ def add_run_options(ap: argparse.ArgumentParser, presets) -> None:
 
 def run_overrides(a: argparse.Namespace, **flags) -> dict:
     "The config overrides of parsed `add_run_options` (and a job's own `flags`: name -> value, None = not given)."
+    if a.seconds is not None and not (math.isfinite(a.seconds) and a.seconds >= 0):
+        raise UserError(f'--seconds {a.seconds}: give a finite number of seconds, 0 or more (0: all of the training part)')
+    if a.out is not None and Path(a.out).exists() and not Path(a.out).is_dir():
+        raise UserError(f'--out {a.out} is a file: give the folder the run directories go in')
     over = parse_params(a.param)
     for k, v in dict(seconds=a.seconds, device=a.device, **flags).items():
         if v is not None: over[k] = v

@@ -4,7 +4,7 @@
 
 # %% ../nbs/44b_trainer.ipynb #bd468fb7
 from __future__ import annotations
-import random, time
+import math, random, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,33 +12,34 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Config, first_difference
+from .callbacks import Callback, CheckpointCallback, MetricsCallback, ProgressCallback
+from .config import Config, bounded, first_difference
 from .core import Interrupted, UserError, deferred_interrupt, get_device, seed_everything
 from .evaluate import psnr
 from .gaussians import DensifyStrategy, GaussianLR, make_optimizers, update_means_lr
 from .losses import LossConfig, alpha_loss, delta_l1, depth_prior_loss, hole_loss, normal_prior_loss, photometric_loss
 from .motion import Deformation, apply_deformation
 from .runs import (CHECKPOINT, load_model_state, load_torch, numpy_rng_state, read_run_info, save_model, save_torch,
-                         set_numpy_rng_state, write_history, write_loss_curve)
+                         set_numpy_rng_state)
 from .talking_head import PARTS, TalkingHead, combine
 
 # %% auto #0
-__all__ = ['LOSS_TERMS', 'RESUME_MAY_CHANGE', 'MotionLR', 'Stage', 'Sample', 'FrameSampler', 'StepOutput', 'region_target',
-           'term_photometric', 'term_alpha', 'term_delta', 'term_lip', 'term_geometry', 'term_hole', 'Callback',
-           'ProgressCallback', 'MetricsCallback', 'CheckpointCallback', 'TrainerConfig', 'scale_lr', 'Trainer']
+__all__ = ['LOSS_TERMS', 'CHECKPOINT_KEYS', 'RESUME_MAY_CHANGE', 'MotionLR', 'Stage', 'Sample', 'FrameSampler', 'StepOutput',
+           'region_target', 'term_photometric', 'term_alpha', 'term_delta', 'term_lip', 'term_geometry', 'term_hole',
+           'TrainerConfig', 'scale_lr', 'Trainer']
 
 # %% ../nbs/44b_trainer.ipynb #638d8dbd
 @dataclass
 class MotionLR(Config):
     "Adam learning rates of the motion fields (official: grid 5e-3, networks 5e-4, AudioAttNet x5 with decay 1e-4)."
     # lr of the tri-plane grid tables
-    grid: float = 5e-3
+    grid: float = bounded(5e-3, ge=0)
     # lr of the MLPs and the audio net
-    net: float = 5e-4
+    net: float = bounded(5e-4, ge=0)
     # the temporal audio attention (AudioAttNet) learns this many times faster
-    attention_factor: float = 5.0
+    attention_factor: float = bounded(5.0, ge=0)
     # weight decay of the temporal audio attention
-    attention_weight_decay: float = 1e-4
+    attention_weight_decay: float = bounded(1e-4, ge=0)
 
 @dataclass
 class Stage:
@@ -162,58 +163,12 @@ def term_hole(t, s: StepOutput) -> Tensor | None:
     return L.hole_weight * hole_loss(s.alpha, s.sample.frame.mouth_mask[..., None]).mean()
 LOSS_TERMS = dict(photometric=term_photometric, alpha=term_alpha, delta=term_delta, lip=term_lip, geometry=term_geometry, hole=term_hole)
 
-# %% ../nbs/44b_trainer.ipynb #a1795285
-class Callback:
-    "Base: every hook is a no-op; lower `order` runs first."
-    order = 0
-    def before_fit(self, t): pass
-    def before_stage(self, t): pass
-    def before_step(self, t): pass
-    def after_backward(self, t): pass  # gradients are there, the optimizers have not stepped (e.g. all-reduce them)
-    def after_step(self, t): pass
-    def after_stage(self, t): pass
-    def after_fit(self, t): pass
-
-class ProgressCallback(Callback):
-    "A tqdm bar per stage: loss, PSNR, Gaussian count (tqdm shows it/s)."
-    order = 50
-    def __init__(self, every: int = 10): self.every, self.bar = every, None
-    def before_stage(self, t):
-        from tqdm.auto import tqdm
-        self.bar = tqdm(total=t.stage.iterations, initial=t.step, desc=t.stage.name, leave=True, dynamic_ncols=True,
-                        disable=not t.verbose, mininterval=0.5)
-    def after_step(self, t):
-        self.bar.update(1)
-        if t.step % self.every == 0 or t.step == t.stage.iterations:
-            self.bar.set_postfix(loss=f'{t.loss:.4f}', psnr=f'{t.psnr:.2f}', N=t.model.num_gaussians()[t.stage.branch or 'face'])
-    def after_stage(self, t): self.bar.close()
-
-class MetricsCallback(Callback):
-    "One dict record per iteration (every loss term by name); `losses.json` and `loss_curve.html` after each stage."
-    order = 60
-    def after_step(self, t):
-        t.history.append(dict(stage=t.stage.name, step=t.step, iteration=t.iteration, seconds=round(t.elapsed, 3),
-                              loss=round(t.loss, 6), psnr=round(t.psnr, 4),
-                              **{f'loss/{k}': round(v, 7) for k, v in t.terms.items()}))
-    def after_stage(self, t): write_history(t.run_dir, t.history); write_loss_curve(t.run_dir, t.history)
-
-class CheckpointCallback(Callback):
-    "Atomic checkpoint every `checkpoint_every_s` seconds (or steps) and at every stage end."
-    order = 90
-    def before_fit(self, t): self.last = time.time()
-    def after_step(self, t):
-        c = t.cfg
-        due = time.time() - self.last >= c.checkpoint_every_s
-        due |= c.checkpoint_every_steps > 0 and t.step % c.checkpoint_every_steps == 0
-        if due and t.step < t.stage.iterations: t.save_checkpoint(); self.last = time.time()
-    def after_stage(self, t): t.save_checkpoint(); self.last = time.time()
-
 # %% ../nbs/44b_trainer.ipynb #01f24bee
 @dataclass
 class TrainerConfig(Config):
     "What the `Trainer` reads; a job's config extends it (`instag.train.TrainConfig`)."
     # seed of initialisation, frame sampling and densification noise
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     # auto (CUDA when present), cpu or cuda
     device: str = 'auto'
     # structure-field learning rates (the means lr decays over each stage)
@@ -231,10 +186,10 @@ class TrainerConfig(Config):
     # practice the face branch still covers the open mouth, with the draws' median colour: see below)
     region_background: tuple[float, float, float] | str = (1.0, 1.0, 1.0)
     # atomic checkpoint every this many seconds (and at every stage end); every N iterations too when > 0
-    checkpoint_every_s: float = 300.0
-    checkpoint_every_steps: int = 0
+    checkpoint_every_s: float = bounded(300.0, ge=0)
+    checkpoint_every_steps: int = bounded(0, ge=0)
     # torch threads (0: leave torch's default)
-    threads: int = 0
+    threads: int = bounded(0, ge=0)
 
     def __post_init__(self):
         bg = self.region_background
@@ -406,8 +361,16 @@ def _train_step(self: Trainer) -> None:
     for opt in active: opt.step()
     self.loss, self.psnr = float(loss.detach()), psnr(out.pred.detach(), out.target)
     self.terms = {k: float(v.detach()) for k, v in terms.items()}
+    if not math.isfinite(self.loss): self.diverged()
 
-Trainer._forward, Trainer.train_step = _forward, _train_step
+def _diverged(self: Trainer) -> None:
+    "Stop at the first non-finite loss: the step's parameters are not saved, the last checkpoint stays, no model.pt is written."
+    bad = ', '.join(f'loss/{k} = {v}' for k, v in self.terms.items() if not math.isfinite(v)) or f'loss = {self.loss}'
+    kept = f'its last checkpoint in {self.run_dir} is kept' if (self.run_dir / CHECKPOINT).exists() else 'no checkpoint was written yet'
+    raise UserError(f'training stopped at {self.stage.name} step {self.step + 1}: {bad}; {kept} and no model.pt is written: '
+                    'lower the learning rates or loss weights that diverged (-p) and start a new run')
+
+Trainer._forward, Trainer.train_step, Trainer.diverged = _forward, _train_step, _diverged
 
 # %% ../nbs/44b_trainer.ipynb #57966f0e
 def _save_checkpoint(self: Trainer) -> Path:
@@ -419,6 +382,7 @@ def _save_checkpoint(self: Trainer) -> Path:
                  history=self.history, elapsed=self.elapsed, config=self.cfg.to_dict(), extra=self.extra)
     return save_torch(self.run_dir / CHECKPOINT, state)
 
+CHECKPOINT_KEYS = ('model', 'step', 'stage_index', 'history', 'elapsed', 'optimizers', 'densify_state', 'generator', 'sampler', 'rng')
 # what may differ between a checkpoint and the config it resumes under: where and how fast it runs, not what it learns
 RESUME_MAY_CHANGE = ('device', 'threads', 'checkpoint_every_s', 'checkpoint_every_steps', 'eval_frames', 'eval_lmd')
 
@@ -426,8 +390,8 @@ def _load_checkpoint(self: Trainer, path: Path | str | None = None) -> None:
     "Continue from a checkpoint written by `save_checkpoint`; refuse one written under another config (naming the value)."
     path = Path(path or self.run_dir / CHECKPOINT)
     s = load_torch(path, 'checkpoint')
-    if not isinstance(s, dict) or 'model' not in s or 'step' not in s:
-        raise UserError(f'{path} is not an instag checkpoint: start a new run (or restore the checkpoint the run wrote)')
+    missing = [k for k in CHECKPOINT_KEYS if k not in s] if isinstance(s, dict) else ['everything']
+    if missing: raise UserError(f'{path} is not an instag checkpoint (no {missing[0]}): start a new run (or restore the checkpoint the run wrote)')
     d = first_difference(s.get('config', {}), self.cfg.to_dict(), ignore=RESUME_MAY_CHANGE)
     if d: raise UserError(f'{path} was written with {d[0]} = {d[1]!r}, the run\'s config says {d[2]!r}: put the value back '
                           'in config.yaml, or start a new run for the new value')

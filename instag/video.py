@@ -4,7 +4,8 @@
 
 # %% ../nbs/23a_video.ipynb #71135649
 from __future__ import annotations
-import os
+import os, weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -134,10 +135,16 @@ def iter_frames(info: VideoInfo, fps: float = FPS, max_side: int | None = None) 
 # %% ../nbs/23a_video.ipynb #efc4005f
 PTS_CLOCK = 90_000  # video timestamps in 1/90000 s (the MPEG clock): exact for 24, 25, 30, 50 and 60 fps
 
+def _remove_partial(container, partial: Path) -> None:
+    try: container.close()
+    except Exception: pass  # a container that failed mid-write may refuse to close; the file goes anyway
+    partial.unlink(missing_ok=True)
+
 class Mp4Writer:
     """h264 video (+ AAC audio when `wav` is given) into one mp4 (PyAV); the audio is interleaved as the frames arrive.
     It writes a hidden `.<name>.partial.mp4` beside `path` and renames it at `close`: a killed render never destroys an
-    earlier video nor leaves an unplayable one under the name asked for."""
+    earlier video nor leaves an unplayable one under the name asked for. A writer that fails, is used as a context manager
+    that raises, or is never closed deletes its partial file (at the latest when the process exits)."""
     def __init__(self, path: Path | str, width: int, height: int, fps: float,
                  wav: np.ndarray | None = None,  # [S] float in [-1, 1] at `sample_rate`; trimmed or padded to the video
                  sample_rate: int = 16000, crf: int = 20, preset: str = 'veryfast'):
@@ -146,6 +153,7 @@ class Mp4Writer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.partial = self.path.with_name(f'.{self.path.stem}.partial{self.path.suffix}')
         self.container = av.open(str(self.partial), 'w')
+        self._cleanup = weakref.finalize(self, _remove_partial, self.container, self.partial)
         self.video = self.container.add_stream('libx264', rate=Fraction(fps).limit_denominator(1001))
         self.video.width, self.video.height, self.video.pix_fmt = width, height, 'yuv420p'
         self.video.time_base = Fraction(1, PTS_CLOCK)
@@ -176,22 +184,42 @@ class Mp4Writer:
         t = self.frames / self.fps if t is None else float(t)
         frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format='rgb24')
         frame.pts, frame.time_base = int(round(t * PTS_CLOCK)), Fraction(1, PTS_CLOCK)
-        for p in self.video.encode(frame): self.container.mux(p)
-        self.frames += 1
-        self.end_s = max(self.end_s, t + 1 / self.fps)
-        if self.audio is not None: self._audio_until(round(self.end_s * self.sample_rate))
+        with self._failing():
+            for p in self.video.encode(frame): self.container.mux(p)
+            self.frames += 1
+            self.end_s = max(self.end_s, t + 1 / self.fps)
+            if self.audio is not None: self._audio_until(round(self.end_s * self.sample_rate))
 
     def close(self) -> Path:
         "Flush both encoders and close the file; the audio ends with the last frame."
-        for p in self.video.encode(): self.container.mux(p)
-        if self.audio is not None:
-            n = round(self.end_s * self.sample_rate)
-            self._audio_until(n)
-            if self.samples < n: self._audio_frame(n - self.samples)  # a last partial AAC frame
-            for p in self.audio.encode(): self.container.mux(p)
-        self.container.close()
-        os.replace(self.partial, self.path)  # atomic on one file system
+        with self._failing():
+            for p in self.video.encode(): self.container.mux(p)
+            if self.audio is not None:
+                n = round(self.end_s * self.sample_rate)
+                self._audio_until(n)
+                if self.samples < n: self._audio_frame(n - self.samples)  # a last partial AAC frame
+                for p in self.audio.encode(): self.container.mux(p)
+            self.container.close()
+            os.replace(self.partial, self.path)  # atomic on one file system
+        self._cleanup.detach()
         return self.path
+
+    def abort(self) -> None:
+        "Give up: close and delete the partial file; a file already at `path` stays as it was."
+        self._cleanup()
+
+    @contextmanager
+    def _failing(self):
+        "On any failure (a full disk, Ctrl-C) abort, and name the file asked for in an OSError that names none."
+        try: yield
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, OSError) and e.filename in (None, str(self.partial)): e.filename = str(self.path)
+            raise
+
+    def __enter__(self): return self
+    def __exit__(self, kind, e, tb):
+        if kind is not None: self.abort()
 
 # %% ../nbs/23a_video.ipynb #b4478eb9
 def write_test_video(path: Path | str, frames: np.ndarray,  # [T, H, W, 3] uint8

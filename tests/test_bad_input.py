@@ -148,8 +148,10 @@ def test_render_refuses_another_persons_dataset_unless_forced(world, tmp_path):
 def test_a_failed_evaluation_leaves_a_run_that_is_not_finished(world, tmp_path):
     from instag.runs import list_runs
     ds = tmp_path / 'ds'; shutil.copytree(world['ds'], ds)
-    for folder in ('gt_imgs', 'ori_imgs'):  # a held-out frame truncated: training never reads it, the evaluation does
-        p = ds / folder / '18.jpg'; p.write_bytes(p.read_bytes()[:200])
+    # a held-out frame's parsing map damaged inside its image data: the dataset's up-front check (start and end markers)
+    # passes it, training never reads it, the evaluation fails to decode it
+    p = ds / 'parsing' / '18.png'; data = bytearray(p.read_bytes())
+    s = data.index(b'IDAT') + 8; data[s:s + 40] = b'\xff' * 40; p.write_bytes(bytes(data))
     args = [f'{k}={v}' for k, v in {**TINY, 'eval_frames': 0}.items() if k != 'seconds']
     r = _run('train', str(ds), '--seconds', '0.4', '--out', str(tmp_path / 'out'), '--quiet', *sum((['-p', a] for a in args), []))
     assert r.returncode == 2 and 'evaluation failed' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]

@@ -183,7 +183,7 @@ def test_a_killed_render_leaves_the_earlier_video_intact(dataset, tmp_path):
     assert main_render([str(t.run_dir), '--audio', str(short), '--out', str(out), '--quiet']) == 0
     before = out.read_bytes()
     p = subprocess.Popen([sys.executable, '-m', 'instag', 'render', str(t.run_dir), '--audio', str(long), '--out', str(out),
-                          '--quiet'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          '--overwrite', '--quiet'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     partial, deadline = tmp_path / '.talk.partial.mp4', time.time() + 120
     while not (partial.exists() and partial.stat().st_size > 0) and time.time() < deadline and p.poll() is None: time.sleep(0.1)
     assert p.poll() is None, p.stderr.read()

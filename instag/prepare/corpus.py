@@ -7,24 +7,39 @@ from __future__ import annotations
 import argparse, csv, json, sys, time
 from pathlib import Path
 
-from ..core import UserError, atomic_write_bytes
+from ..core import UserError, atomic_write_bytes, probe_writable_dir
 from .pipeline import PrepareConfig, prepare
 
 # %% auto #0
-__all__ = ['read_list', 'prepare_corpus', 'main_prepare_corpus']
+__all__ = ['MEDIA_SUFFIXES', 'read_list', 'prepare_corpus', 'main_prepare_corpus']
 
 # %% ../../nbs/23f_prepare_corpus.ipynb #af25551d
+# what a corpus list is not: a video or a speech file given in its place
+MEDIA_SUFFIXES = ('.mp4', '.mov', '.mkv', '.avi', '.webm', '.m4v', '.wav', '.mp3', '.flac', '.m4a')
+
+def _dataset_name(path: Path, k: int, name: str) -> str:
+    "A row's name as a folder inside --out: one plain path component, never a way out of it."
+    if name in ('.', '..') or any(c in name for c in '/\\\0') or Path(name).is_absolute():
+        raise UserError(f'{path} row {k}: name {name!r} is not a plain folder name: give each row a name without / or .. '
+                        '(it becomes a folder inside --out)')
+    return name
+
 def read_list(path: Path | str) -> list[dict]:
     "The rows of a corpus CSV: name, video, audio (paths resolved against the CSV's folder)."
-    path = Path(path)
-    if not path.exists(): raise UserError(f'{path} does not exist: give a CSV with a video column (and optional name, audio)')
-    with open(path, newline='') as f: rows = list(csv.DictReader(f))
+    path, usage = Path(path), 'give a CSV with a video column (and optional name, audio)'
+    if not path.is_file(): raise UserError(f'{path} {"is a folder" if path.is_dir() else "does not exist"}: {usage}')
+    if path.suffix.lower() in MEDIA_SUFFIXES:
+        raise UserError(f'{path} is a media file, not a corpus list: run instag prepare {path} --out DIR for one video, or {usage}')
+    try:
+        with open(path, newline='', encoding='utf-8-sig') as f: rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e: raise UserError(f'{path} is not a text CSV ({type(e).__name__}): {usage}') from None
     if not rows or 'video' not in rows[0]: raise UserError(f'{path} has no video column: the header must name video (and optional name, audio)')
     out = []
-    for r in rows:
+    for k, r in enumerate(rows, start=2):  # row numbers as an editor shows them, the header being row 1
+        if not (r.get('video') or '').strip(): raise UserError(f'{path} row {k} has no video: give every row the path of its video')
         video = (path.parent / r['video'].strip()).resolve()
         audio = (path.parent / r['audio'].strip()).resolve() if (r.get('audio') or '').strip() else None
-        out.append(dict(name=(r.get('name') or '').strip() or video.stem, video=video, audio=audio))
+        out.append(dict(name=_dataset_name(path, k, (r.get('name') or '').strip() or video.stem), video=video, audio=audio))
     names = [r['name'] for r in out]
     if len(set(names)) != len(names): raise UserError(f'{path} names a dataset twice: give every row its own name')
     return out
@@ -35,6 +50,7 @@ def prepare_corpus(list_csv: Path | str, out: Path | str, cfg: PrepareConfig | N
     from instag.prepare.speech_encoder import resolve_encoder
     rows, out = read_list(list_csv), Path(out)
     audio_encoder = resolve_encoder(audio_encoder)  # once, before any row: a missing encoder is one notice, not 31
+    probe_writable_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     done, failed, t0 = [], {}, time.time()
     for k, r in enumerate(rows):

@@ -72,15 +72,29 @@ def fingerprint(video: Path, audio: Path | None, cfg: PrepareConfig) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 def _remove_outputs(out: Path, remove_folder: bool = False) -> None:
-    "Delete what prepare writes in `out` (only that), and `out` itself when asked and then empty."
+    "Delete what prepare writes in `out` (only that; a symbolic link itself, never what it points to), and `out` when asked and empty."
     for name in OUTPUT_ENTRIES:
         p = out / name
-        if p.is_dir(): shutil.rmtree(p)
+        if p.is_symlink(): p.unlink()
+        elif p.is_dir(): shutil.rmtree(p)  # rmtree removes links inside without following them
         elif p.exists(): p.unlink()
     if remove_folder and out.is_dir() and not any(out.iterdir()): out.rmdir()
 
+_FOLDERS = ('ori_imgs', 'gt_imgs', 'torso_imgs', 'parsing', 'teeth_mask', 'instag')
+
+def _unwritable_outputs(out: Path) -> list[str]:
+    "Output entries of `out` a resumed run cannot write into: symbolic links (at any depth) and files where folders belong."
+    found = []
+    for name in OUTPUT_ENTRIES:
+        p = out / name
+        if p.is_symlink() or (name in _FOLDERS and p.exists() and not p.is_dir()): found.append(name)
+        elif p.is_dir():
+            for folder, dirs, files in os.walk(p):  # os.walk does not follow links into folders
+                found += [os.path.relpath(os.path.join(folder, n), out) for n in dirs + files if os.path.islink(os.path.join(folder, n))]
+    return found
+
 def claim_output(out: Path, finger: str, overwrite: bool) -> str:
-    "Decide what to do with `out`: 'new', 'resume' or 'done'; refuse a folder holding something else."
+    "Decide what to do with `out`: 'new', 'resume', 'done' or 'replace' (--overwrite: delete after the inputs are checked); refuse a folder holding something else."
     if not out.exists() or (out.is_dir() and not any(out.iterdir())): return 'new'
     if not out.is_dir(): raise UserError(f'--out {out} is a file: give a folder for the dataset')
     meta = None
@@ -90,12 +104,16 @@ def claim_output(out: Path, finger: str, overwrite: bool) -> str:
     if not isinstance(meta, dict) or meta.get('layout') != LAYOUT_NAME:  # never delete what instag did not write
         raise UserError(f'{out} already holds files that are not an instag dataset: choose another (or an empty) --out folder')
     same = meta.get('extra', {}).get('fingerprint') == finger
-    if same and not overwrite: return 'done' if meta.get('complete') else 'resume'
+    if same and not overwrite and meta.get('complete'): return 'done'
+    if same and not overwrite:
+        bad = _unwritable_outputs(out)
+        if bad: raise UserError(f'{out / bad[0]} is a symbolic link or not a folder{f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""}: '
+                                'prepare writes only inside the dataset folder; remove it (a link\'s target is kept), or pass --overwrite')
+        return 'resume'
     if not overwrite:
         raise UserError(f'{out} already holds a dataset made from {meta.get("source") or "another source"}: pass --overwrite '
                         'to replace it, or choose another --out folder')
-    _remove_outputs(out)
-    return 'new'
+    return 'replace'
 
 # %% ../../nbs/23_prepare.ipynb #58a86a52
 def prepare_audio(info: VideoInfo, audio: Path | None, frames: int, fps: float = FPS) -> tuple[np.ndarray, int]:
@@ -266,6 +284,9 @@ def prepare(video: Path | str, out: Path | str, cfg: PrepareConfig | None = None
     wav, frames = prepare_audio(info, audio, frames, FPS)  # before anything is written: bad audio leaves no folder
     if frames < cfg.min_seconds * FPS:
         raise UserError(f'{audio} covers only {frames / FPS:.1f} s of the video: instag needs at least {cfg.min_seconds:g} s')
+    if state == 'replace':  # every input checked: only now is the old dataset deleted
+        _remove_outputs(out)
+        state = 'new'
     created = not out.exists()
     try: return _prepare(info, wav, frames, out, cfg, audio, audio_encoder, finger, state, progress, t0)
     except UserError:  # bad input found late (no face, ...): remove what this run started

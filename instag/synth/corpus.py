@@ -27,11 +27,11 @@ from .head import Head, HeadShape, random_shape, build_head, NECK_PIVOT
 from .pose import pose_head, head_rotvec
 
 # %% auto #0
-__all__ = ['CAMERA', 'FOREGROUND_ALPHA', 'PARSING_REGION', 'PARSING_LUT', 'MAX_SIZE', 'SynthConfig', 'expression_tracks',
-           'head_pose_track', 'world_camera', 'head_c2w', 'background_plate', 'Identity', 'identity_rng',
-           'make_identity', 'FrameRender', 'render_raw', 'finish_frame', 'render_frame', 'render_torso_layer',
-           'save_npz', 'write_frame', 'identity_scene', 'write_identity', 'synthesize', 'check_synth_args',
-           'main_synth', 'contact_sheet']
+__all__ = ['CAMERA', 'FOREGROUND_ALPHA', 'PARSING_REGION', 'PARSING_LUT', 'MAX_SIZE', 'MAX_IDENTITIES', 'SynthConfig',
+           'expression_tracks', 'head_pose_track', 'world_camera', 'head_c2w', 'background_plate', 'Identity',
+           'identity_rng', 'make_identity', 'FrameRender', 'render_raw', 'finish_frame', 'render_frame',
+           'render_torso_layer', 'save_npz', 'write_frame', 'identity_scene', 'write_identity', 'synthesize',
+           'check_synth_args', 'main_synth', 'contact_sheet']
 
 # %% ../../nbs/32_synth.ipynb #dc03e706
 @dataclass
@@ -349,10 +349,12 @@ def synthesize(identities: int = 6, seconds: float = 20.0, size: int = 256, seed
     return folders
 
 MAX_SIZE = 2048  # px: a 2048 x 2048 corpus already holds ~12 MB per frame in flight
+MAX_IDENTITIES = 100  # folders id00..id99 sort in order; pre-training uses a handful (the paper: 5)
 
 def check_synth_args(identities: int, seconds: float, size: int, detail: float, out: Path) -> None:
     "Refuse, before any work, options that cannot make a corpus (one line each, naming the fix)."
-    if identities < 1: raise UserError(f'--identities {identities}: give at least 1')
+    if not 1 <= identities <= MAX_IDENTITIES:
+        raise UserError(f'--identities {identities}: give 1 to {MAX_IDENTITIES} (each is a folder of {seconds:g} s of frames)')
     if not (math.isfinite(seconds) and seconds >= 1): raise UserError(f'--seconds {seconds}: give a finite number of seconds, at least 1')
     if size > MAX_SIZE:
         gb = size * size * 4 * 16 / 2**30  # float32 image, alpha, depth, normals, features and labels of one frame, roughly
@@ -365,7 +367,7 @@ def main_synth(argv: list[str]) -> int:
     "`instag synth`: generate synthetic talking-head datasets with known ground truth."
     p = argparse.ArgumentParser(prog='instag synth', description='Generate synthetic talking-head datasets (one folder per identity) with known ground truth.')
     d = SynthConfig()
-    p.add_argument('--identities', type=int, default=d.identities, help='number of identities')
+    p.add_argument('--identities', type=int, default=d.identities, help=f'number of identities (1 to {MAX_IDENTITIES})')
     p.add_argument('--seconds', type=float, default=d.seconds, help='seconds of speech per identity')
     p.add_argument('--size', type=int, default=d.size, help='frame size in pixels (square)')
     p.add_argument('--seed', type=int, default=d.seed, help='random seed: the same seed gives the same files')

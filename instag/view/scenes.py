@@ -14,7 +14,7 @@ from ..camera import Camera
 from ..core import UserError, notice
 from ..runs import RUN_FILES, RUN_INFO, read_run_info
 from ..sh import SH_C0
-from .viewer import Scene, Track, Viewer
+from .viewer import Scene, Track, Viewer, check_host
 
 # %% auto #0
 __all__ = ['JAW_DROP', 'DEFORM_CACHE_FRAMES', 'LOOPBACK', 'toy_head', 'speech_rhythm', 'loudness_rhythm', 'jaw_scene',
@@ -280,10 +280,14 @@ def scene_from_path(path: str | Path, audio: Path | str | None = None, identity:
 # %% ../../nbs/60a_viewer_scenes.ipynb #697b9622
 LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 
-def check_serve_args(host: str, port: int, size: int) -> None:
-    "Refuse a port or render size that cannot work (before any work), and say plainly what binding beyond loopback means."
+def check_serve_args(host: str, port: int, size: int, seconds: float | None = None, identity: int = 0) -> None:
+    "Refuse a host, port, size, duration or identity that cannot work (before any work); say plainly what binding beyond loopback means."
     if not 0 <= port <= 65535: raise UserError(f'--port {port}: give a port between 1 and 65535 (or 0 for any free one)')
     if not 16 <= size <= 4096: raise UserError(f'--size {size}: give a render size between 16 and 4096 pixels')
+    if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
+        raise UserError(f'--seconds {seconds}: give a positive number of seconds, or leave it out to serve until Ctrl-C')
+    if identity < 0: raise UserError(f'--identity {identity}: give an identity index of the pre-training run (0, 1, ...)')
+    check_host(host)
     if host not in LOOPBACK:
         notice(f'--host {host}: the viewer has no authentication; anyone who can reach this machine on port {port} '
                'can watch and drive it (and read the head it shows). Bind 127.0.0.1 and tunnel (ssh -L) to share it safely')
@@ -299,7 +303,7 @@ def main_view(argv: list[str]) -> int:
     p.add_argument('--seconds', type=float, default=None, help='stop after this many seconds (default: until Ctrl-C)')
     p.add_argument('--identity', type=int, default=0, help='which identity of a pre-training run to show (0, 1, ...)')
     args = p.parse_args(argv)
-    check_serve_args(args.host, args.port, args.size)
+    check_serve_args(args.host, args.port, args.size, args.seconds, args.identity)
     scene = scene_from_path(args.path, args.audio, args.identity)
     viewer = Viewer(scene, host=args.host, port=args.port, size=args.size)
     host = 'localhost' if args.host in ('127.0.0.1', 'localhost') else args.host

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Camera, look_at, intrinsics
-from ..core import notice
+from ..core import UserError, notice
 from ..render import quat_to_rotmat
 from ..runs import loss_figure, read_history, read_metrics
 from ..sh import SH_C0
@@ -22,7 +22,7 @@ from ..talking_head import render_frame, to_uint8
 
 # %% auto #0
 __all__ = ['Gaussians', 'COLOR_MODES', 'BRANCH_COLORS', 'MAX_FRUSTUMS', 'Track', 'Scene', 'ViewState', 'deformation_scale',
-           'colored', 'make_render_fn', 'camera_from_viser', 'viser_pose', 'splat_arrays', 'Viewer']
+           'colored', 'make_render_fn', 'camera_from_viser', 'viser_pose', 'splat_arrays', 'check_host', 'Viewer']
 
 # %% ../../nbs/60_viewer.ipynb #686f7d13
 Gaussians = Mapping[str, Tensor]  # means [N,3], quats [N,4] wxyz, scales [N,3] log, opacities [N] logit, sh0 [N,1,3], shN
@@ -148,6 +148,22 @@ def splat_arrays(gaussians: Gaussians, colors: Tensor | None = None) -> dict:
 # %% ../../nbs/60_viewer.ipynb #97253992
 MAX_FRUSTUMS = 24  # training cameras drawn (evenly spaced): a clip's cameras crowd one spot
 
+def check_host(host: str) -> None:
+    "Refuse (`UserError`) an address this machine cannot listen on (not its own, or no such name): viser would never start."
+    import socket
+    try: addresses = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        why = getattr(e, 'strerror', None) or e
+        raise UserError(f'--host {host}: no such address ({why}): give 127.0.0.1 (this machine only), 0.0.0.0 (every network) '
+                        "or one of this machine's own addresses") from None
+    error = None
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as s: s.bind(address); return
+        except OSError as e: error = e
+    raise UserError(f'--host {host}: this machine cannot listen there ({error.strerror}): give 127.0.0.1 (this machine only), '
+                    "0.0.0.0 (every network) or one of this machine's own addresses")
+
 class Viewer:
     "A viser server showing a `Scene`; starts in the background, `stop()` ends it."
     def __init__(self, scene: Scene,
@@ -157,6 +173,7 @@ class Viewer:
                  render_fn: Callable[[Camera, ViewState], np.ndarray] | None = None,
                  verbose: bool = False):   # viser's own banner
         import viser
+        check_host(host)  # viser's server thread dies on an address it cannot bind, and the caller waits forever
         self.scene, self.size = scene, size
         self.render_fn = render_fn or make_render_fn(scene)
         self.state = ViewState(track=next(iter(scene.tracks)), components=scene.components[-1])
