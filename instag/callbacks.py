@@ -44,7 +44,9 @@ class MetricsCallback(Callback):
         t.history.append(dict(stage=t.stage.name, step=t.step, iteration=t.iteration, seconds=round(t.elapsed, 3),
                               loss=round(t.loss, 6), psnr=round(t.psnr, 4),
                               **{f'loss/{k}': round(v, 7) for k, v in t.terms.items()}))
-    def after_stage(self, t): write_history(t.run_dir, t.history); write_loss_curve(t.run_dir, t.history)
+    def after_stage(self, t):
+        write_history(t.run_dir, t.history)
+        write_loss_curve(t.run_dir, t.history)
 
 class CheckpointCallback(Callback):
     "Atomic checkpoint every `checkpoint_every_s` seconds (or steps) and at every stage end."
@@ -54,5 +56,9 @@ class CheckpointCallback(Callback):
         c = t.cfg
         due = time.time() - self.last >= c.checkpoint_every_s
         due |= c.checkpoint_every_steps > 0 and t.step % c.checkpoint_every_steps == 0
-        if due and t.step < t.stage.iterations: t.save_checkpoint(); self.last = time.time()
-    def after_stage(self, t): t.save_checkpoint(); self.last = time.time()
+        if due and t.step < t.stage.iterations:
+            t.save_checkpoint()
+            self.last = time.time()
+    def after_stage(self, t):
+        t.save_checkpoint()
+        self.last = time.time()

@@ -18,8 +18,10 @@ _FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 
 def _rigid_inverse(m: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
     R, t = m[..., :3, :3], m[..., :3, 3:]
-    out = torch.zeros_like(m); out[..., 3, 3] = 1
-    out[..., :3, :3] = R.transpose(-1, -2); out[..., :3, 3:] = -R.transpose(-1, -2) @ t
+    out = torch.zeros_like(m)
+    out[..., 3, 3] = 1
+    out[..., :3, :3] = R.transpose(-1, -2)
+    out[..., :3, 3:] = -R.transpose(-1, -2) @ t
     return out
 
 def opengl_c2w_to_opencv_w2c(c2w: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
@@ -39,11 +41,15 @@ def intrinsics(focal: float, cx: float, cy: float, focal_y: float | None = None)
 def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> Tensor:  # -> [4, 4]
     "OpenCV world-to-camera matrix of a camera at `eye` looking at `target`, with world `up` pointing up in the image."
     eye, target, up = (torch.as_tensor(v, dtype=torch.float32) for v in (eye, target, up))
-    z = target - eye; z = z / z.norm()                      # forward
-    x = torch.linalg.cross(z, up); x = x / x.norm()         # right (y down, so right = forward x up)
+    z = target - eye
+    z = z / z.norm()                      # forward
+    x = torch.linalg.cross(z, up)
+    x = x / x.norm()         # right (y down, so right = forward x up)
     y = torch.linalg.cross(z, x)                            # down
     R = torch.stack([x, y, z])                              # rows: camera axes in world
-    w2c = torch.eye(4); w2c[:3, :3] = R; w2c[:3, 3] = -R @ eye
+    w2c = torch.eye(4)
+    w2c[:3, :3] = R
+    w2c[:3, 3] = -R @ eye
     return w2c
 
 # %% ../nbs/02_camera.ipynb #6ca9e82c

@@ -97,6 +97,7 @@ def _check_frame_paths(root: Path, ids: list[int], size: tuple[int, int], proble
     if bad: problems.append(f'{len(bad)} frame files cannot be used ({"; ".join(bad[:3])}{"; ..." if len(bad) > 3 else ""}): '
                             'remake them with instag prepare (every file inside the dataset folder, no links out)')
 
+# %% ../nbs/22a_check_data.ipynb #283a9ed1
 def _check_sizes(root: Path, ids: list[int], intr: tuple, meta: Metadata | None, problems: list[str]) -> tuple[int, int]:
     "Frames, parsing maps, plate and metadata agree on the image size; the principal point is inside it."
     first = root / 'ori_imgs' / f'{ids[0]}.jpg'
@@ -114,16 +115,20 @@ def _check_sizes(root: Path, ids: list[int], intr: tuple, meta: Metadata | None,
     if not (0 <= cx <= w and 0 <= cy <= h): problems.append(f'principal point ({cx}, {cy}) lies outside the {w}x{h} image: fix cx, cy in the transforms')
     return w, h
 
+# %% ../nbs/22a_check_data.ipynb #4c8de72d
 def _check_aus(root: Path, frames: int, problems: list[str]) -> float | None:
     "au.csv has the AU columns and a row per frame; returns the share of rows where the face was found."
     path = root / 'au.csv'
     if not path.exists(): return None
     try: aus = read_au_csv(path)
-    except (UserError, ValueError, IndexError) as e: problems.append(f'au.csv: {e}'); return None
+    except (UserError, ValueError, IndexError) as e:
+        problems.append(f'au.csv: {e}')
+        return None
     if len(aus) < frames: problems.append(f'au.csv has {len(aus)} rows for {frames} frames: run OpenFace on every frame of the video')
     if not np.isfinite(aus).all(): problems.append('au.csv holds NaN action units: rerun OpenFace')
     with open(path) as f:
-        reader = csv.reader(f); header = [h.strip() for h in next(reader)]
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader)]
         if 'success' not in header: return None
         col = header.index('success')
         success = [float(r[col]) for r in reader if len(r) > col]
@@ -136,7 +141,9 @@ def _check_audio(root: Path, frames: int, fps: float, meta: Metadata | None, pro
         try:
             with wave.open(str(root / 'aud.wav'), 'rb') as w: rate, ch, n = w.getframerate(), w.getnchannels(), w.getnframes()
         except (wave.Error, EOFError) as e:
-            problems.append(f'aud.wav cannot be read ({e}): convert it with ffmpeg -i SOURCE -vn -ac 1 -ar {SAMPLE_RATE} -c:a pcm_s16le aud.wav'); rate = 0
+            problems.append(f'aud.wav cannot be read ({e}): convert it with '
+                            f'ffmpeg -i SOURCE -vn -ac 1 -ar {SAMPLE_RATE} -c:a pcm_s16le aud.wav')
+            rate = 0
         if rate:
             seconds = n / rate
             if (rate, ch) != (SAMPLE_RATE, 1):
@@ -148,13 +155,18 @@ def _check_audio(root: Path, frames: int, fps: float, meta: Metadata | None, pro
     shapes = {}
     for file in [*OFFICIAL_AUDIO_FEATURES, *listed]:
         try: path = inside(root, file, 'the file')
-        except UserError as e: problems.append(str(e).removeprefix(f'{root}: ')); continue
+        except UserError as e:
+            problems.append(str(e).removeprefix(f'{root}: '))
+            continue
         if not path.exists():
             if file in listed: problems.append(f'{file} is listed in metadata.json but missing')
             continue
         why = npy_problem(path, max_audio_rows(frames, fps))
-        if why: problems.append(f'{file} {why}: {AUDIO_FIX}'); continue
-        x = np.load(path, mmap_mode='r', allow_pickle=False); shapes[file] = list(x.shape)
+        if why:
+            problems.append(f'{file} {why}: {AUDIO_FIX}')
+            continue
+        x = np.load(path, mmap_mode='r', allow_pickle=False)
+        shapes[file] = list(x.shape)
         if listed.get(file) and list(listed[file]) != list(x.shape):
             problems.append(f'{file} has shape {list(x.shape)} but metadata.json says {list(listed[file])}: rewrite one of them')
         if len(x) < frames: problems.append(f'{file} has {len(x)} rows for {frames} frames: re-extract the features from aud.wav')

@@ -52,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     import os
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help', 'help'):
-        print(_usage()); return 0
+        print(_usage())
+        return 0
     if argv[0] in ('-V', '--version'):
-        from instag import __version__; print(__version__); return 0
+        from instag import __version__
+        print(__version__)
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         import difflib
@@ -65,13 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(_resolve(name)(rest) or 0)
     except UserError as e:
         if os.environ.get('INSTAG_DEBUG'): raise
-        print(f'instag {name}: error: {e}', file=sys.stderr); return 2
+        print(f'instag {name}: error: {e}', file=sys.stderr)
+        return 2
     except (OSError, sqlite3.OperationalError) as e:
         line = disk_error(e, rest)
         if line is None or os.environ.get('INSTAG_DEBUG'): raise  # not the disk's fault: a bug, with its traceback
-        print(f'instag {name}: error: {line}', file=sys.stderr); return 2
+        print(f'instag {name}: error: {line}', file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:  # a job's Interrupted says what was kept and how to continue; a bare one says nothing
-        print(f'instag {name}: {str(e) or STOPPED}', file=sys.stderr); return 130
+        print(f'instag {name}: {str(e) or STOPPED}', file=sys.stderr)
+        return 130
 
 # %% ../nbs/90_cli.ipynb #8e9f7fd7
 # the disk's refusals: (cause, fix) by errno; EDQUOT is missing on some platforms

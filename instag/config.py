@@ -13,7 +13,7 @@ import yaml
 from .core import UserError
 
 # %% auto #0
-__all__ = ['bounded', 'plain_yaml', 'Config', 'first_difference']
+__all__ = ['bounded', 'plain_yaml', 'first_difference', 'Config']
 
 # %% ../nbs/01_config.ipynb #6bd9c63e
 def _hints(cls) -> dict:
@@ -73,6 +73,24 @@ def plain_yaml(text: str, where: str):
         raise UserError(f'{where} is not plain YAML ({problem}): give plain values (numbers, true/false, text, lists)') from None
 
 # %% ../nbs/01_config.ipynb #4f8af535
+def first_difference(a: dict, b: dict, ignore: tuple[str, ...] = (), prefix: str = '') -> tuple[str, object, object] | None:
+    "The first dotted key (sorted) whose value differs between two nested config dicts, with both values; lists equal tuples."
+    for k in sorted(set(a) | set(b)):
+        if prefix + k in ignore: continue
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            d = first_difference(x, y, ignore, f'{prefix}{k}.')
+            if d: return d
+        elif x != y and not (isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and list(x) == list(y)):
+            return prefix + k, x, y
+    return None
+
+def _field_type(cls, flat: str):
+    t = cls
+    for part in flat.split('__'): t = _hints(t)[part]
+    return t
+
+# %% ../nbs/01_config.ipynb #173616a3
 def _merge(base: dict, over: dict) -> dict:
     "`over` on top of `base`, section by section."
     out = dict(base)
@@ -86,7 +104,8 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict, prefix: str = ''):
         "Build from a nested dict; unknown keys are refused with the closest valid names."
-        d = dict(d or {}); hints, kw = _hints(cls), {}
+        d = dict(d or {})
+        hints, kw = _hints(cls), {}
         names = {f.name for f in fields(cls)}
         unknown = [k for k in d if k not in names]
         if unknown:
@@ -122,7 +141,8 @@ class Config:
             raise UserError('; '.join(msgs) + '. Fix the name in the parameters cell or the -p option')
         nested: dict = {}
         for k, v in params.items():
-            *path, leaf = k.split('__'); node = nested
+            *path, leaf = k.split('__')
+            node = nested
             for p in path: node = node.setdefault(p, {})
             node[leaf] = v
         return cls.from_dict(nested)
@@ -164,22 +184,6 @@ class Config:
 
     def replace(self, **changes):
         "A copy with flat papermill-style changes applied."
-        params = self.to_params(); params.update(changes)
+        params = self.to_params()
+        params.update(changes)
         return type(self).from_params(params)
-
-def first_difference(a: dict, b: dict, ignore: tuple[str, ...] = (), prefix: str = '') -> tuple[str, object, object] | None:
-    "The first dotted key (sorted) whose value differs between two nested config dicts, with both values; lists equal tuples."
-    for k in sorted(set(a) | set(b)):
-        if prefix + k in ignore: continue
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, dict) and isinstance(y, dict):
-            d = first_difference(x, y, ignore, f'{prefix}{k}.')
-            if d: return d
-        elif x != y and not (isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and list(x) == list(y)):
-            return prefix + k, x, y
-    return None
-
-def _field_type(cls, flat: str):
-    t = cls
-    for part in flat.split('__'): t = _hints(t)[part]
-    return t

@@ -13,8 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'PROJECT_ROOT', 'DATA_DIR', 'OUTPUTS_DIR', 'shared_data_dir', 'UserError', 'notice', 'get_device',
-           'seed_everything', 'new_run_dir', 'file_hash', 'dataset_fingerprint', 'read_json', 'probe_writable',
-           'probe_writable_dir', 'Interrupted', 'deferred_interrupt', 'atomic_write_bytes']
+           'seed_everything', 'new_run_dir', 'file_hash', 'dataset_fingerprint', 'read_json', 'write_json',
+           'probe_writable', 'probe_writable_dir', 'Interrupted', 'deferred_interrupt', 'atomic_write_bytes']
 
 # %% ../nbs/00_core.ipynb #fddbfa4e
 PACKAGE_DIR = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd().parent / 'instag'
@@ -56,21 +56,24 @@ def get_device(device: str | torch.device = 'auto') -> torch.device:
 
 def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and torch (CPU and CUDA)."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #cc6186a8
 def _slug(s: str) -> str: return re.sub(r'[^A-Za-z0-9_.-]+', '-', s).strip('-') or 'run'
 
-def new_run_dir(job: str, tag: str = '', root: Path | str | None = None, config=None) -> Path:
-    "Create `root/<job>/<YYYYmmdd-HHMMSS>-<tag>/` (unique) and write `config.yaml` there if `config` is given."
+def new_run_dir(job: str, tag: str = '', root: Path | str | None = None) -> Path:
+    "Create `root/<job>/<YYYYmmdd-HHMMSS>-<tag>/` (unique)."
     root = Path(root) if root is not None else OUTPUTS_DIR
     stamp = time.strftime('%Y%m%d-%H%M%S')
     base = root / _slug(job) / (f'{stamp}-{_slug(tag)}' if tag else stamp)
     path, i = base, 1
     while True:
-        try: path.mkdir(parents=True, exist_ok=False); break
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            break
         except FileExistsError: path, i = base.with_name(f'{base.name}-{i}'), i + 1
-    if config is not None: config.to_yaml(path / 'config.yaml')
     return path
 
 def file_hash(path: Path | str, limit: int = 64 * 2**20) -> str:
@@ -93,6 +96,11 @@ def read_json(path: Path | str, fix: str = 'rerun the command that wrote it'):
     except json.JSONDecodeError as e:
         raise UserError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): {fix}') from None
 
+def write_json(path: Path | str, obj, indent: int | None = 1, default=None) -> Path:
+    "`obj` as JSON text (one line when `indent` is None) and a newline, written atomically (`atomic_write_bytes`)."
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent, default=default) + '\n').encode())
+    return Path(path)
+
 def probe_writable(path: Path | str) -> None:
     "Refuse, before any work, an output file that cannot be written (a folder, a missing or read-only place)."
     path = Path(path)
@@ -100,7 +108,8 @@ def probe_writable(path: Path | str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = path.with_name(f'.{path.name}.probe{os.getpid()}')
-        probe.write_bytes(b''); probe.unlink()
+        probe.write_bytes(b'')
+        probe.unlink()
     except OSError as e:
         raise UserError(f'cannot write {path} ({e.strerror}): choose an output in a folder you can write to') from None
 
@@ -111,7 +120,9 @@ def probe_writable_dir(folder: Path | str) -> None:
     made = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f'.probe{os.getpid()}'; probe.write_bytes(b''); probe.unlink()
+        probe = folder / f'.probe{os.getpid()}'
+        probe.write_bytes(b'')
+        probe.unlink()
     except OSError as e:
         raise UserError(f'cannot write to {folder} ({e.strerror}): choose an output folder you can write to') from None
     finally:
@@ -129,7 +140,9 @@ def deferred_interrupt():
     flag = Flag()
     # signals reach the main thread only; under torchrun the ranks could stop at different steps and hang in a collective
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if threading.current_thread() is not threading.main_thread() or distributed: yield flag; return
+    if threading.current_thread() is not threading.main_thread() or distributed:
+        yield flag
+        return
     def handler(signum, frame):
         if flag.requested: raise KeyboardInterrupt
         flag.requested = True
@@ -140,9 +153,13 @@ def deferred_interrupt():
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     "Write to a temporary file beside `path`, then rename: readers never see a half-written file."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
-        with open(tmp, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)  # a full disk or Ctrl-C leaves no half-written temporary behind

@@ -190,16 +190,21 @@ class LRUCache:
         self.hits = self.misses = 0
 
     def get(self, key):
-        if key not in self.items: self.misses += 1; return None
-        self.hits += 1; self.items.move_to_end(key)
+        if key not in self.items:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.items.move_to_end(key)
         return self.items[key][0]
 
     def put(self, key, value: tuple) -> None:
         size = sum(v.nbytes for v in value if isinstance(v, np.ndarray))
         if key in self.items: self.nbytes -= self.items.pop(key)[1]
-        self.items[key] = (value, size); self.nbytes += size
+        self.items[key] = (value, size)
+        self.nbytes += size
         while self.nbytes > self.max_bytes and len(self.items) > 1:
-            _, (_, s) = self.items.popitem(last=False); self.nbytes -= s
+            _, (_, s) = self.items.popitem(last=False)
+            self.nbytes -= s
 
 # %% ../nbs/22_data.ipynb #33b196bc
 # seconds held out for testing when transforms_val.json lists no frames of its own (paper: at least 12 s)
@@ -269,9 +274,13 @@ _MARKERS = {'.jpg': (b'\xff\xd8', b'\xff\xd9'), '.png': (b'\x89PNG\r\n\x1a\n', b
 def _image_whole(path: Path) -> bool:
     head, end = _MARKERS[path.suffix]
     with open(path, 'rb') as f:
-        start = f.read(len(head)); f.seek(max(0, os.fstat(f.fileno()).st_size - 64)); tail = f.read()
+        start = f.read(len(head))
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
+        tail = f.read()
     if start == head and end in tail: return True
-    try: _image(path, None); return True
+    try:
+        _image(path, None)
+        return True
     except UserError: return False
 
 def frame_file_problems(root: Path, files: list[Path], size: tuple[int, int] | None, decode: bool = True) -> list[str]:
@@ -284,6 +293,38 @@ def frame_file_problems(root: Path, files: list[Path], size: tuple[int, int] | N
         elif p.suffix == '.npy' and (why := npy_problem(p, lead=size[::-1] if size else ())): bad.append(f'{rel} {why}')
         elif decode and p.suffix in _MARKERS and not _image_whole(p): bad.append(f'{rel} is truncated or corrupt')
     return bad
+
+# %% ../nbs/22_data.ipynb #ab79ab77
+def _check_frames(root: Path, ids: list[int], image_dir: str, prior_dirs: dict, size: tuple[int, int]) -> None:
+    "Every file of every frame, before the first step (~0.1 s per 300 frames): inside the folder, whole, of the size."
+    files = [p for i in ids for p in frame_files(root, i, image_dir, prior_dirs).values() if p is not None]
+    bad = frame_file_problems(root, files, size)
+    if bad:
+        shown = '; '.join(bad[:3]) + ('; ...' if len(bad) > 3 else '')
+        raise UserError(f'{root}: {len(bad)} frame files cannot be used ({shown}): '
+                        f'remake them with instag prepare (instag check-data {root} lists them all)')
+
+def _read_aus(root: Path, last_id: int, au45_max: float) -> Tensor:  # [rows, 6], a row for every frame up to last_id
+    "The action units of `au.csv`; blinks (AU45) clipped to [0, au45_max]."
+    path = root / 'au.csv'
+    if not path.exists():
+        raise UserError(f'{path} is missing: run OpenFace FeatureExtraction (or instag prepare) to make it')
+    aus = read_au_csv(path)
+    if len(aus) <= last_id:
+        raise UserError(f'{path} has {len(aus)} rows but frame {last_id} needs one: '
+                        'redo the AU extraction on all frames')
+    aus[:, AU_NAMES.index('AU45')] = aus[:, AU_NAMES.index('AU45')].clip(0, au45_max)
+    return torch.from_numpy(aus)
+
+def _read_mouth_open(root: Path, last_id: int, fps: float) -> Tensor | None:  # [rows] or None
+    "The inner-lip gap per frame (eye-distance units) that `instag prepare` measured, when the dataset has it."
+    path = inside(root, 'instag/mouth_open.npy', 'the file')
+    if not path.exists(): return None
+    m = read_npy(path, 'rerun instag prepare to remake it', max_audio_rows(last_id + 1, fps)).astype(np.float32)
+    if m.ndim != 1 or len(m) <= last_id or not np.isfinite(m).all():
+        notice(f'{path} is not one finite value per frame: ignored (rerun instag prepare to remake it)')
+        return None
+    return torch.from_numpy(m)
 
 # %% ../nbs/22_data.ipynb #e150dfcc
 class TalkingHeadDataset:
@@ -309,38 +350,14 @@ class TalkingHeadDataset:
         self.K = intrinsics(t['focal'], w / 2 if t['cx'] is None else t['cx'], h / 2 if t['cy'] is None else t['cy'])
         self._row = {i: k for k, i in enumerate(self.ids)}
         self.prior_dirs = {k: prior_dir(self.root, k) for k in ('depth', 'normal')}
-        self._check_frames()
-        self.aus = self._read_aus()
+        _check_frames(self.root, self.ids, self.image_dir, self.prior_dirs, (self.width, self.height))
+        self.aus = _read_aus(self.root, self.ids[-1], self.config.au45_max)
         self.audio_features, self.audio_source = load_audio_features(self.root, self.config.audio, self.metadata,
                                                                      frames=self.ids[-1] + 1, fps=self.fps)
         self.audio_encoder = audio_feature_entry(self.metadata, self.audio_source)  # what made them (encoder name, hash), if recorded
         self.plate = _rgb(self.root / 'bc.jpg') if (self.root / 'bc.jpg').exists() else np.zeros((h, w, 3), np.uint8)
-        self.mouth_open = self._read_mouth_open()
+        self.mouth_open = _read_mouth_open(self.root, self.ids[-1], self.fps)
         self.cache = LRUCache(self.config.cache_mb * 2**20)
-
-    def _check_frames(self) -> None:
-        "Every file of every frame, before the first step (~0.1 s per 300 frames): inside the folder, whole, the right shape."
-        files = [p for i in self.ids for p in frame_files(self.root, i, self.image_dir, self.prior_dirs).values() if p is not None]
-        bad = frame_file_problems(self.root, files, (self.width, self.height))
-        if bad: raise UserError(f'{self.root}: {len(bad)} frame files cannot be used ({"; ".join(bad[:3])}{"; ..." if len(bad) > 3 else ""}): '
-                                f'remake them with instag prepare (instag check-data {self.root} lists them all)')
-
-    def _read_aus(self) -> Tensor:  # [max id + 1, 6]
-        path = self.root / 'au.csv'
-        if not path.exists(): raise UserError(f'{path} is missing: run OpenFace FeatureExtraction (or instag prepare) to make it')
-        aus = read_au_csv(path)
-        if len(aus) <= self.ids[-1]: raise UserError(f'{path} has {len(aus)} rows but frame {self.ids[-1]} needs one: redo the AU extraction on all frames')
-        aus[:, AU_NAMES.index('AU45')] = aus[:, AU_NAMES.index('AU45')].clip(0, self.config.au45_max)
-        return torch.from_numpy(aus)
-
-    def _read_mouth_open(self) -> Tensor | None:  # [max id + 1] or None
-        "The inner-lip gap per frame (eye-distance units) that `instag prepare` measured, when the dataset has it."
-        path = inside(self.root, 'instag/mouth_open.npy', 'the file')
-        if not path.exists(): return None
-        m = read_npy(path, 'rerun instag prepare to remake it', max_audio_rows(self.ids[-1] + 1, self.fps)).astype(np.float32)
-        if m.ndim != 1 or len(m) <= self.ids[-1] or not np.isfinite(m).all():
-            notice(f'{path} is not one finite value per frame: ignored (rerun instag prepare to remake it)'); return None
-        return torch.from_numpy(m)
 
     def __len__(self) -> int: return len(self.ids)
     def __getitem__(self, k: int) -> Frame: return self.frame(self.ids[k])

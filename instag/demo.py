@@ -52,6 +52,7 @@ def side_by_side(runs: dict, dataset, test_ids: list[int], out: Path, wav: np.nd
         Image.fromarray(widest).save(still, quality=92)
     return writer.close()
 
+# %% ../nbs/47_demo.ipynb #dce3ec9d
 def check_demo_args(out: Path | str | None, seconds: float, clip_seconds: float, size: int, seed: int, prior: str,
                     **overrides) -> None:
     "Refuse, before any work, options the demo would fail on minutes later (one line each, naming the fix)."
@@ -74,6 +75,7 @@ def check_demo_args(out: Path | str | None, seconds: float, clip_seconds: float,
         raise UserError(f'--prior {prior} hears {kind} features; the synthetic speaker has log-mel ones: give a log-mel prior (synthetic)')
     adapt_config('cpu', seconds=seconds, prior=prior, **{**DEMO_SCHEDULE, **overrides})  # refuses a bad override now
 
+# %% ../nbs/47_demo.ipynb #24ea68da
 def demo(out: Path | str | None = None, seconds: float = 5.0, clip_seconds: float = 9.0, size: int = 256,
          seed: int = 0, prior: str = 'synthetic', verbose: bool = True, **overrides) -> dict:
     "Synthesize a person no shipped prior has seen; adapt `prior` to it from `seconds`, train it from scratch with the same budget; compare on the held-out tail."

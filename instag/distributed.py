@@ -35,7 +35,9 @@ class Dist:
         return box[0]
 
     def finish(self) -> None:
-        if self.active and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
+        if self.active and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 def init_distributed(device: torch.device) -> Dist:
     "Join torchrun's process group when `WORLD_SIZE` > 1 (gloo on the CPU, NCCL on CUDA); otherwise one process."
@@ -65,10 +67,12 @@ class DistributedCallback(Callback):
         live = [p for p, h in zip(params, has) if h > 0]
         if not live: return
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
-        dist.all_reduce(flat); flat /= self.d.world
+        dist.all_reduce(flat)
+        flat /= self.d.world
         offset = 0
         for p in live:
-            p.grad = flat[offset:offset + p.numel()].view_as(p).clone(); offset += p.numel()
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
 
     def after_step(self, t):
         if t.step % self.share_every == 0: self.share(t)

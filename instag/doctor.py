@@ -66,7 +66,9 @@ def _check_audio_encoders() -> Check:
     import av
     names = []
     for codec in ('aac', 'libopus', 'mp3', 'libmp3lame'):
-        try: av.codec.Codec(codec, 'w'); names.append(codec)
+        try:
+            av.codec.Codec(codec, 'w')
+            names.append(codec)
         except Exception: pass
     ok = 'aac' in names
     return Check('audio encoders', ok, ', '.join(names) or 'none', '' if ok else 'rendered mp4s have no sound track')
@@ -86,6 +88,7 @@ def _check_compiler() -> Check:
     out = subprocess.run([cxx, '--version'], capture_output=True, text=True).stdout.splitlines()
     return Check('C++ compiler', True, out[0] if out else cxx)
 
+# %% ../nbs/03_doctor.ipynb #9c27c775
 def checks() -> list[Check]:
     "Run every check; never raises."
     import numpy, torch
@@ -93,14 +96,17 @@ def checks() -> list[Check]:
             Check('numpy', True, numpy.__version__), Check('device', True, 'cuda' if torch.cuda.is_available() else 'cpu')]
     rows += [Check('CPU threads', True, str(torch.get_num_threads()))]
     rows.append(_check_cuda())
-    ok, d = _version('gsplat'); rows.append(Check('gsplat', ok, d, '' if ok else 'the CUDA rasterizer is not used (CPU kernel instead)'))
-    ok, d = _version('tinycudann'); rows.append(Check('tinycudann', ok, d, '' if ok else 'the CUDA hash grid is not used (PyTorch grid instead)'))
+    ok, d = _version('gsplat')
+    rows.append(Check('gsplat', ok, d, '' if ok else 'the CUDA rasterizer is not used (CPU kernel instead)'))
+    ok, d = _version('tinycudann')
+    rows.append(Check('tinycudann', ok, d, '' if ok else 'the CUDA hash grid is not used (PyTorch grid instead)'))
     for fn in (_check_compiler, _check_cpu_rasterizer, _check_mediapipe, _check_ffmpeg, _check_audio_encoders, _check_speech_encoder):
         try: rows.append(fn())
         except Exception as e: rows.append(Check(fn.__name__[7:], False, f'check failed: {e}'))
     for mod, cost in (('viser', 'no live 3D viewer (instag view)'), ('papermill', 'no parameterized experiment notebooks'),
                       ('plotly', 'no interactive loss curves')):
-        ok, d = _version(mod); rows.append(Check(mod, ok, d, '' if ok else cost))
+        ok, d = _version(mod)
+        rows.append(Check(mod, ok, d, '' if ok else cost))
     return rows
 
 def format_table(rows: list[Check]) -> str:

@@ -9,24 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .core import notice
 from .lipsync import audio_lip_gap, floor_shift, shifted, sync_score
-from .metrics import aue, lip_gap, lmd as landmark_distance
+from .metrics import aue, lip_gap, lmd as landmark_distance, psnr
 from .layout import LABELS
 from .talking_head import Composite, TalkingHead, to_uint8
 
 # %% auto #0
-__all__ = ['INNER_LABELS', 'MIN_SYNC_FRAMES', 'SYNC_FRAMES', 'EVALUATION', 'LPIPS_NOTE', 'psnr', 'masked_psnr', 'error_by_label',
+__all__ = ['INNER_LABELS', 'MIN_SYNC_FRAMES', 'SYNC_FRAMES', 'EVALUATION', 'LPIPS_NOTE', 'masked_psnr', 'error_by_label',
            'inner_mask', 'track_mesh', 'face_mesh_metrics', 'render_test_frame', 'contiguous_run', 'lip_sync_metrics',
            'evaluate', 'write_strip', 'evaluate_speech', 'lpips_score', 'evaluate_run', 'main_evaluate']
-
-# %% ../nbs/45a_evaluate.ipynb #3ccd1d7e
-def psnr(pred: Tensor, target: Tensor) -> float:
-    "PSNR in dB of images in [0, 1]."
-    return float(-10 * torch.log10(F.mse_loss(pred.clamp(0, 1), target).clamp_min(1e-10)))
 
 # %% ../nbs/45a_evaluate.ipynb #2770e163
 INNER_LABELS = ('face', 'mouth', 'teeth')  # what the face and mouth motion fields move (no hair, neck, torso, background)
@@ -65,12 +59,14 @@ def track_mesh(images: list):
     "The face mesh (`instag.prepare.face.Track`) of consecutive uint8 frames; None (with a notice) when it cannot run."
     try: from instag.prepare.face import track_faces
     except ImportError as e:  # mediapipe missing (Python 3.13+): say so, do not hide it
-        notice(f'LMD skipped: the face mesh cannot be imported ({e})'); return None
+        notice(f'LMD skipped: the face mesh cannot be imported ({e})')
+        return None
     try:
         h, w = images[0].shape[:2]
         return track_faces(enumerate(images), len(images), w, h, detect_every=10 ** 9, progress=False)
     except Exception as e:
-        notice(f'LMD skipped: the face mesh failed ({type(e).__name__}: {e})'); return None
+        notice(f'LMD skipped: the face mesh failed ({type(e).__name__}: {e})')
+        return None
 
 def face_mesh_metrics(renders: list, truths: list, width: int | None = None) -> dict:
     "LMD and AUE-U/L (`instag.metrics`) and per-frame inner-lip gaps (px; NaN where no face is found) of renders vs truths."
@@ -143,7 +139,8 @@ def evaluate(model: TalkingHead, ds, test_ids: list, train_ids: list, max_frames
                          ssim=_ssim(img, f.image), ssim_face=_ssim(img[ys, xs], f.image[ys, xs]),
                          baseline_psnr=psnr(mean_frame, f.image), baseline_psnr_face=psnr(mean_frame[ys, xs], f.image[ys, xs]),
                          mouth_render=float((out.mouth_alpha * (1 - out.face_alpha)).sum()), mouth_truth=float(f.mouth_mask.sum())))
-        renders.append(to_uint8(img)); truths.append(to_uint8(f.image))
+        renders.append(to_uint8(img))
+        truths.append(to_uint8(f.image))
     fps = len(ids) / (time.time() - t0)
     mean = lambda k: round(float(np.mean([r[k] for r in rows])), 4)
     out = {k: mean(k) for k in ('psnr', 'psnr_face', 'ssim', 'ssim_face', 'baseline_psnr', 'baseline_psnr_face')}
@@ -224,7 +221,9 @@ def _check_result_writable(run_dir: Path) -> None:
     import os
     from instag.core import UserError
     probe = run_dir / f'.{EVALUATION}.probe{os.getpid()}'
-    try: probe.write_bytes(b''); probe.unlink()
+    try:
+        probe.write_bytes(b'')
+        probe.unlink()
     except OSError as e:
         raise UserError(f'cannot write {run_dir / EVALUATION} ({e.strerror}): make {run_dir} writable, '
                         'or pass --no-write to print the metrics without saving them') from None
@@ -232,9 +231,8 @@ def _check_result_writable(run_dir: Path) -> None:
 def evaluate_run(run_dir: Path | str, test: Path | str | None = None, audio: list = (), frames: int = 0,
                  lpips: Path | str | None = None, write: bool = True, progress: bool = False, test_split: bool = True) -> dict:
     "Every metric of a finished run (see above); `audio`: speech files for the cross-domain sync score; `test_split=False`: those only."
-    import json
     from instag.audio import load_audio
-    from instag.core import UserError, atomic_write_bytes
+    from instag.core import UserError, write_json
     from instag.data import TalkingHeadDataset
     from instag.inference import load_run
     run_dir = Path(run_dir)
@@ -261,7 +259,7 @@ def evaluate_run(run_dir: Path | str, test: Path | str | None = None, audio: lis
     else: out.update(lpips=lpips_score(head.model, ds, test_ids, lpips, frames), lpips_note='LPIPS v0.1 AlexNet, local weights')
     out['speech'] = {name: evaluate_speech(head, w) for name, w in wavs.items()}
     out['evaluate_seconds'] = round(time.time() - t0, 1)
-    if write: atomic_write_bytes(run_dir / EVALUATION, (json.dumps(out, indent=1) + '\n').encode())
+    if write: write_json(run_dir / EVALUATION, out)
     return out
 
 def main_evaluate(argv: list[str]) -> int:
@@ -280,7 +278,9 @@ def main_evaluate(argv: list[str]) -> int:
     from instag.core import UserError
     if a.frames < 0: raise UserError(f'--frames {a.frames}: give a positive number of frames (or 0 for all)')
     out = evaluate_run(a.run, a.test, a.audio, a.frames, a.lpips, write=not a.no_write)
-    if a.json: print(json.dumps(out)); return 0
+    if a.json:
+        print(json.dumps(out))
+        return 0
     f = lambda k: out.get(k)
     print(f'{out["run"]} on {out["test"]} ({out["test_frames"]} frames): PSNR {f("psnr")} (face {f("psnr_face")}, inner {f("psnr_inner")}), '
           f'SSIM face {f("ssim_face")}, LMD {f("lmd")}, AUE-U {f("aue_u")}, AUE-L {f("aue_l")}, lip corr {f("lip_corr")}, '

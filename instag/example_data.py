@@ -25,8 +25,12 @@ def _example_frame(size: int, t: int, fps: int) -> tuple[np.ndarray, np.ndarray,
                ('head', (x - 0.5) ** 2 / 0.07 + (y - 0.42) ** 2 / 0.1 < 1), ('hair', (y < 0.3) & ((x - 0.5) ** 2 / 0.07 + (y - 0.42) ** 2 / 0.1 < 1)),
                ('mouth', (x - 0.5) ** 2 / 0.012 + (y - 0.55) ** 2 / open_ ** 2 < 1)]
     colours = dict(background=(90, 110, 130), torso=(40, 60, 160), neck=(200, 150, 120), head=(220, 170, 140), hair=(50, 30, 20), mouth=(120, 20, 30))
-    parsing = np.full((size, size, 3), 255, np.uint8); image = np.empty((size, size, 3), np.uint8); image[:] = colours['background']
-    for name, m in regions: parsing[m] = PARSING_COLORS[name]; image[m] = colours[name]
+    parsing = np.full((size, size, 3), 255, np.uint8)
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = colours['background']
+    for name, m in regions:
+        parsing[m] = PARSING_COLORS[name]
+        image[m] = colours[name]
     teeth = regions[-1][1] & (y < 0.55 - open_ / 3)
     image[teeth] = (240, 240, 235)
     return parsing, teeth, image
@@ -42,13 +46,15 @@ def write_example_dataset(root: Path | str, frames: int = 10, size: int = 64, fp
     for t in range(frames):
         parsing, teeth, image = _example_frame(size, t, fps)
         Image.fromarray(image).save(root / 'ori_imgs' / f'{t}.jpg', quality=95)
-        gt = image.copy(); gt[(parsing == 255).all(-1)] = plate[(parsing == 255).all(-1)]
+        gt = image.copy()
+        gt[(parsing == 255).all(-1)] = plate[(parsing == 255).all(-1)]
         Image.fromarray(gt).save(root / 'gt_imgs' / f'{t}.jpg', quality=95)
         Image.fromarray(parsing).save(root / 'parsing' / f'{t}.png')
         np.save(root / 'teeth_mask' / f'{t}.npy', teeth)
         body = np.isin(parsing.reshape(-1, 3) @ [65536, 256, 1], [c[0] * 65536 + c[1] * 256 + c[2] for c in (PARSING_COLORS['neck'], PARSING_COLORS['torso'])])
         Image.fromarray(np.dstack([image, body.reshape(size, size) * 255]).astype(np.uint8), 'RGBA').save(root / 'torso_imgs' / f'{t}.png')
-        yaw = math.radians(2 * math.sin(t / 4)); m = np.eye(4)
+        yaw = math.radians(2 * math.sin(t / 4))
+        m = np.eye(4)
         m[:3, :3] = [[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]]
         m[:3, 3] = m[:3, :3] @ [0, 0, 1.0]  # on a sphere of radius 1 around the head, looking at it
         c2w.append(m)

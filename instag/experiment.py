@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
-from .core import OUTPUTS_DIR, PROJECT_ROOT, UserError, atomic_write_bytes
+from .core import OUTPUTS_DIR, UserError, atomic_write_bytes, write_json
 from .index import CELL, INDEX, flat_metrics, index_runs
-from .runs import CHECKPOINT, MODEL, drop_lock, read_metrics, take_lock
+from .runs import CHECKPOINT, MODEL, drop_lock, execute_template, experiment_template, read_metrics, take_lock
 
 # %% auto #0
 __all__ = ['JOBS', 'TEMPLATE_ONLY', 'KEY_NEUTRAL', 'KEY_PRIORS', 'TABLE_METRICS', 'TABLE_COLUMNS', 'LIPGAP_COLUMNS', 'GridSpec',
            'ExperimentSpec', 'Cell', 'key_config', 'prior_key', 'resolved_config', 'load_spec', 'expand', 'is_done',
-           'stderr_to', 'evaluated_on_all', 'template', 'preflight', 'lock_cells', 'run_cell', 'cell_row',
-           'check_owned', 'committed_rows', 'write_csv', 'export_table', 'export_lip_gaps', 'export_results',
-           'run_experiment', 'main_experiment']
+           'stderr_to', 'evaluated_on_all', 'preflight', 'lock_cells', 'run_cell', 'cell_row', 'check_owned',
+           'committed_rows', 'write_csv', 'export_table', 'export_lip_gaps', 'export_results', 'run_experiment',
+           'main_experiment']
 
 # %% ../nbs/51_experiment.ipynb #acef151c
 JOBS = ('train', 'adapt', 'pretrain')
@@ -180,7 +180,7 @@ def _write_state(c: Cell, spec: ExperimentSpec, **state) -> None:
     c.run_dir.mkdir(parents=True, exist_ok=True)
     d = dict(experiment=spec.name, cell=c.name, table=c.table, variant=c.variant, key=c.key, job=c.job, dataset=c.dataset,
              params=c.params, audio=c.audio, **state)
-    atomic_write_bytes(c.run_dir / CELL, (json.dumps(d, indent=1, default=str) + '\n').encode())
+    write_json(c.run_dir / CELL, d, default=str)
 
 def is_done(c: Cell) -> bool:
     "The cell finished with this key (its product is there)."
@@ -209,7 +209,9 @@ def stderr_to(path: Path):
         os.dup2(f.fileno(), 2)
         try: yield
         finally:
-            sys.stderr.flush(); os.dup2(saved, 2); os.close(saved)
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 def evaluated_on_all(run_dir: Path) -> bool:
     "Whether the end-of-training evaluation (`metrics.json`) read every test frame (`eval_frames: 0`)."
@@ -218,8 +220,6 @@ def evaluated_on_all(run_dir: Path) -> bool:
     try: test = load_torch(run_dir / MODEL, 'model')['info']['test_ids']
     except Exception: return False
     return 'error' not in m and m.get('test_frames') == len(test)
-
-def template(job: str) -> Path: return PROJECT_ROOT / 'nbs' / 'experiments' / f'{job}.ipynb'
 
 def preflight(cells: list[Cell], kernel: str | None = None) -> None:
     "Refuse a batch that cannot run before any run folder is touched: papermill, templates, Jupyter kernel, datasets, audio."
@@ -230,8 +230,7 @@ def preflight(cells: list[Cell], kernel: str | None = None) -> None:
     except ImportError as e: raise UserError(f'instag experiment needs {e.name}: pip install papermill') from None
     kernels = KernelSpecManager()
     for job in sorted({c.job for c in cells}):
-        src = template(job)
-        if not src.exists(): raise UserError(f'{src} is missing: run instag experiment from an instag checkout')
+        src = experiment_template(job)
         name = kernel or (json.loads(src.read_text()).get('metadata', {}).get('kernelspec') or {}).get('name')
         try:
             if name: kernels.get_kernel_spec(name)
@@ -258,7 +257,6 @@ def lock_cells(cells: list[Cell]) -> list[Path]:
 def run_cell(c: Cell, cells: list[Cell], spec: ExperimentSpec, kernel: str | None = None) -> dict:
     "Execute the cell's template into its folder (continuing a killed one), then evaluate it; its state."
     import logging
-    import papermill as pm
     if c.run_dir.exists() and not (c.run_dir / CHECKPOINT).exists():
         shutil.rmtree(c.run_dir)  # killed before its first checkpoint: start again in an empty folder
     resumed = (c.run_dir / CHECKPOINT).exists()
@@ -267,11 +265,9 @@ def run_cell(c: Cell, cells: list[Cell], spec: ExperimentSpec, kernel: str | Non
     try:
         params = _resolve_params(c, cells)
         inputs = dict(corpus=c.dataset) if c.job == 'pretrain' else dict(data=c.dataset)
-        src = template(c.job)
         logging.getLogger('papermill').setLevel(logging.ERROR)  # its notices (unknown parameters, no black) are not news
         with stderr_to(c.run_dir / 'kernel.log'):  # the kernel process's own notices go to the cell's folder, not the terminal
-            pm.execute_notebook(str(src), str(c.run_dir / f'{c.job}.ipynb'), cwd=str(c.run_dir), progress_bar=False,
-                                kernel_name=kernel, parameters=dict(**inputs, run_dir=str(c.run_dir), **params))
+            execute_template(c.job, inputs, c.run_dir, kernel, **params)
         if c.job != 'pretrain':
             from instag.evaluate import evaluate_run
             again = not evaluated_on_all(c.run_dir)  # the end-of-training evaluation read a sample of the test frames
@@ -324,8 +320,10 @@ def committed_rows(path: Path | None) -> dict:
 def write_csv(rows: list[dict], path: Path) -> Path:
     "`rows` as a CSV at `path` (columns: the union over rows, in order of appearance), written atomically."
     import io
-    buf = io.StringIO(); w = csv.DictWriter(buf, list(dict.fromkeys(k for r in rows for k in r)), restval='')
-    w.writeheader(); w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, list(dict.fromkeys(k for r in rows for k in r)), restval='')
+    w.writeheader()
+    w.writerows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue().encode())
     return path
@@ -349,7 +347,8 @@ def export_lip_gaps(cells: list[Cell], tables: list, path: Path) -> Path | None:
     for c in cells:
         if c.table not in tables: continue
         if not c.run_dir.exists():
-            rows += kept.get(c.name, []); continue
+            rows += kept.get(c.name, [])
+            continue
         e = {}
         for f in ('metrics.json', 'evaluation.json'):  # the test split's lip gaps: instag evaluate's where it ran
             try: e.update({k: v for k, v in json.loads((c.run_dir / f).read_text()).items() if k.startswith('lip_gap')})
@@ -367,7 +366,8 @@ def export_results(spec: Path | str | dict, cells: list[Cell], table: Path, lip_
     started: rebuilding the cells from the file at every export means the older process does not drop the newer rows."""
     if not isinstance(spec, dict):
         try:
-            s, base = load_spec(spec); cells, lip_gap_tables = expand(s, base), s.lip_gap_tables
+            s, base = load_spec(spec)
+            cells, lip_gap_tables = expand(s, base), s.lip_gap_tables
         except Exception: pass  # the file is being edited or is gone: the cells this batch started with
     export_lip_gaps(cells, lip_gap_tables, table.with_name(f'{table.stem}_lipgap.csv'))
     return export_table(cells, table)

@@ -80,7 +80,7 @@ class GaussianLR(Config):
     features: float = 2.5e-3
     # Adam epsilon (3DGS: 1e-15, gradients of Gaussians are tiny)
     eps: float = 1e-15
-    # scene size that multiplies the means lr; a constant (METHOD), not the camera spread
+    # scene size that multiplies the means lr; a constant (paper), not the camera spread
     scene_extent: float = 1.0
 
 def make_optimizers(params: nn.ParameterDict, lr: GaussianLR | None = None) -> dict[str, torch.optim.Adam]:
@@ -170,7 +170,7 @@ def reset_opacity(params: nn.ParameterDict, optimizers: dict, value: float = 0.0
 # %% ../nbs/40_gaussians.ipynb #a399796e
 @dataclass
 class DensifyStrategy(Config):
-    "3DGS clone / split / prune / opacity reset (METHOD: from 500, every 100, until iters - 1000)."
+    "3DGS clone / split / prune / opacity reset (paper: from 500, every 100, until iters - 1000)."
     # view-space (NDC) gradient norm above which a Gaussian grows (face 5e-4, mouth 2e-4)
     grad_threshold: float = 5e-4
     # clone below, split above this max scale, as a fraction of scene_extent (official percent_dense)
@@ -193,7 +193,7 @@ class DensifyStrategy(Config):
     reset_every: int = 3_000
     # opacity after a reset (3DGS: 0.01)
     reset_value: float = 0.01
-    # scene size for the thresholds; a constant (METHOD), not the camera spread
+    # scene size for the thresholds; a constant (paper), not the camera spread
     scene_extent: float = 1.0
     # most Gaussians growth may reach (0: no limit); when it would pass, the highest gradients grow first
     max_gaussians: int = 0
@@ -219,7 +219,8 @@ class DensifyStrategy(Config):
             report['pruned'] = self._prune(params, optimizers, state, step)
             for v in state.values(): v.zero_()
         if step > 0 and step % self.reset_every == 0:
-            reset_opacity(params, optimizers, self.reset_value); report['reset'] = True
+            reset_opacity(params, optimizers, self.reset_value)
+            report['reset'] = True
         return report
 
     def _accumulate(self, state: dict, out, width: int, height: int) -> None:
@@ -238,7 +239,8 @@ class DensifyStrategy(Config):
             room = max(self.max_gaussians - len(grads), 0)
             if int(high.sum()) > room:
                 keep = grads.masked_fill(~high, -1.0).topk(room).indices
-                high = torch.zeros_like(high); high[keep] = True
+                high = torch.zeros_like(high)
+                high[keep] = True
         small = params['scales'].exp().max(-1).values <= self.percent_dense * self.scene_extent
         clone, grow = high & small, high & ~small
         n_clone = int(clone.sum())

@@ -64,8 +64,12 @@ def grid_levels(cfg: TriPlaneConfig, dim: int = 2) -> GridLevels:
         side = math.ceil(scale) + 2
         rows = min(max_rows, side ** dim)
         rows = -(-rows // 8) * 8
-        scales.append(scale); sides.append(side); sizes.append(rows); offsets.append(offset)
-        hashed.append(side ** dim > rows); offset += rows
+        scales.append(scale)
+        sides.append(side)
+        sizes.append(rows)
+        offsets.append(offset)
+        hashed.append(side ** dim > rows)
+        offset += rows
     return GridLevels(scales, sides, sizes, offsets + [offset], hashed)
 
 # %% ../nbs/41_grid.ipynb #6e754840
@@ -169,7 +173,10 @@ def _tcnn_layout(cfg: TriPlaneConfig) -> tuple[list[int], list[int], list[int]]:
         side = math.ceil(scale) + 1
         rows = min(side ** 2, 2 ** cfg.log2_hashmap_size)
         rows = -(-rows // 8) * 8
-        sides.append(side); sizes.append(rows); offsets.append(offset); offset += rows
+        sides.append(side)
+        sizes.append(rows)
+        offsets.append(offset)
+        offset += rows
     return sides, sizes, offsets + [offset]
 
 def _tcnn_rows(cfg: TriPlaneConfig) -> Tensor:

@@ -63,6 +63,7 @@ def run_row(run_dir: Path | str) -> dict:
                 params=json.dumps(cell.get('params', {}), sort_keys=True), metrics=json.dumps(metrics),
                 indexed=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
 
+# %% ../nbs/44c_index.ipynb #f32715a5
 def connect(db: Path | str) -> sqlite3.Connection:
     "The index at `db`, its tables created when new; a file that is not a run index is refused, never changed."
     db = Path(db)
@@ -104,7 +105,9 @@ def scan(root: Path | str | None = None, db: Path | str | None = None) -> Path:
     with connect(db) as con:
         prefix = str(root.resolve()).rstrip(os.sep) + os.sep
         gone = [p for (p,) in con.execute('SELECT path FROM runs') if (p + os.sep).startswith(prefix) and p not in keep]
-        for p in gone: con.execute('DELETE FROM runs WHERE path = ?', (p,)); con.execute('DELETE FROM metrics WHERE path = ?', (p,))
+        for p in gone:
+            con.execute('DELETE FROM runs WHERE path = ?', (p,))
+            con.execute('DELETE FROM metrics WHERE path = ?', (p,))
     con.close()
     return db
 
@@ -161,7 +164,9 @@ def main_runs(argv: list[str]) -> int:
     if a.csv:
         import csv, sys
         keep = [k for k in COLUMNS if k not in ('metrics', 'params', 'indexed')] + [f'metric:{m}' for m in a.metrics or []]
-        w = csv.DictWriter(sys.stdout, keep, extrasaction='ignore'); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(sys.stdout, keep, extrasaction='ignore')
+        w.writeheader()
+        w.writerows(rows)
     else:
         for r in rows: print(json.dumps({k: v for k, v in r.items() if k != 'metrics'} if a.metrics else r))
     return 0

@@ -76,7 +76,8 @@ class Metadata:
 
     def write(self, root: Path | str) -> None:
         "Write `metadata.json` atomically."
-        d = asdict(self); d['created'] = d['created'] or time.strftime('%Y-%m-%dT%H:%M:%S')
+        d = asdict(self)
+        d['created'] = d['created'] or time.strftime('%Y-%m-%dT%H:%M:%S')
         atomic_write_bytes(Path(root) / 'metadata.json', (json.dumps(d, indent=1) + '\n').encode())
 
     @classmethod
@@ -123,7 +124,8 @@ def write_au_csv(root: Path | str, aus: np.ndarray, fps: int = FPS, success: np.
 def read_au_csv(path: Path | str) -> np.ndarray:  # -> [T, 6]
     "The six `AU_NAMES` intensities from an OpenFace `au.csv` (column names may carry spaces, as OpenFace writes them)."
     with open(path) as f:
-        reader = csv.reader(f); header = [h.strip() for h in next(reader)]
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader)]
         rows = [r for r in reader if r]
     missing = [n for n in AU_NAMES if n + '_r' not in header]
     if missing: raise UserError(f'{path} lacks the columns {", ".join(m + "_r" for m in missing)}: it must be an OpenFace AU file')

@@ -61,7 +61,8 @@ def fit_lipsync(clips: list[tuple[np.ndarray, np.ndarray]],  # (mel [T, W, A], l
     X, y = [], []
     for mel, gap in clips:
         ok = np.isfinite(gap)
-        X.append(lip_features(mel, context)[ok]); y.append(standardize(gap[ok]))
+        X.append(lip_features(mel, context)[ok])
+        y.append(standardize(gap[ok]))
     X, y = np.concatenate(X), np.concatenate(y)
     mean, scale = X.mean(0), X.std(0) + 1e-6
     Z = (X - mean) / scale

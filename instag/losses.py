@@ -15,7 +15,7 @@ from .config import Config, bounded
 # %% auto #0
 __all__ = ['SSIM_C1', 'SSIM_C2', 'HOLE_TRANSMITTANCE', 'LossConfig', 'gaussian_kernel', 'gaussian_window', 'ssim_map',
            'photometric_loss', 'alpha_loss', 'hole_loss', 'delta_l1', 'row_standardize', 'depth_prior_loss',
-           'normal_prior_loss']
+           'normal_prior_loss', 'psnr']
 
 # %% ../nbs/43_losses.ipynb #7dd5a73a
 @dataclass
@@ -34,13 +34,13 @@ class LossConfig(Config):
     # weight of the lip loss: squared error of the motion field's lip probe (audio code -> mouth opening) against the
     # standardized inner-lip gap measured by prepare (0: off, as in the paper; the cpu preset turns it on)
     lip_weight: float = bounded(0.0, ge=0)
-    # Geometry Prior Regularizer (adaptation, few-shot only; METHOD): weight of the scale-invariant depth loss
+    # Geometry Prior Regularizer (adaptation, few-shot only, as in the paper): weight of the scale-invariant depth loss
     # (lambda_D = 0.01) and of the normal loss (lambda_N = 0.001, paper; official code 0.01); 0: off
     depth_weight: float = bounded(0.0, ge=0)
     normal_weight: float = bounded(0.0, ge=0)
-    # the stage step from which the geometry losses apply (METHOD: 5000, after the warm-up)
+    # the stage step from which the geometry losses apply (paper: 5000, after the warm-up)
     geometry_start: int = bounded(0, ge=0)
-    # instag addition (issue 13): weight of the face branch's optical depth -log(1 - alpha) over the open mouth (the
+    # instag addition: weight of the face branch's optical depth -log(1 - alpha) over the open mouth (the
     # ground truth's inside-mouth mask), so the face opens a hole for the mouth branch; 0: off (the paper has no such term)
     hole_weight: float = bounded(0.0, ge=0)
     # the face-stage step from which it applies (adaptation: the end of the warm-up)
@@ -81,7 +81,7 @@ def ssim_map(img1: Tensor,  # [H, W, C] (or [B, H, W, C]) in [0, 1]
 def photometric_loss(pred: Tensor,    # [H, W, C] rendered image in [0, 1]
                      target: Tensor,  # [H, W, C]
                      ssim_weight: float = 0.2, window: int = 11, sigma: float = 1.5) -> Tensor:  # [H, W, C]
-    "L_I map: |pred - target| + ssim_weight * (1 - SSIM) (METHOD; not 3DGS's (1 - w) L1 + w D-SSIM)."
+    "L_I map: |pred - target| + ssim_weight * (1 - SSIM) (paper; not 3DGS's (1 - w) L1 + w D-SSIM)."
     return (pred - target).abs() + ssim_weight * (1 - ssim_map(pred, target, window, sigma))
 
 def alpha_loss(alpha: Tensor,   # [H, W, 1] rendered opacity
@@ -132,3 +132,8 @@ def normal_prior_loss(normal: Tensor,  # [H, W, 3] rendered (alpha-blended) came
     valid = region & (prior.norm(dim=-1) > 0.5)
     cos = (F.normalize(normal, dim=-1) * prior.to(normal)).sum(-1)
     return ((1 - cos) * valid).sum() / valid.sum().clamp_min(1)
+
+# %% ../nbs/43_losses.ipynb #0d2a83f7
+def psnr(pred: Tensor, target: Tensor) -> float:
+    "PSNR in dB of images in [0, 1]."
+    return float(-10 * torch.log10(F.mse_loss(pred.clamp(0, 1), target).clamp_min(1e-10)))

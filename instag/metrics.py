@@ -7,8 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from .prepare.face import AU_P95_INTENSITY, AU_SPREAD_FLOOR, EYE_DISTANCE, EYE_OUTER, RIGID, similarity_fit
+
+from .losses import psnr  # the image metric lives below the trainer; evaluate reads it from here
 
 # %% auto #0
 __all__ = ['LIP_LANDMARKS', 'INNER_LIPS', 'LMD_SIZE', 'UPPER_UNITS', 'LOWER_UNITS', 'LPIPS_SHIFT', 'LPIPS_SCALE', 'lmd',
@@ -25,7 +30,8 @@ def lmd(render: np.ndarray,  # [T, L, 2+] landmarks of the renders, pixels
         width: int,          # frame width in pixels
         points=LIP_LANDMARKS) -> float:
     "Mouth landmark distance: mean over frames and lip points of |(a - mean a) - (b - mean b)|, in px of a 512-px frame."
-    a = np.asarray(render, np.float64)[:, list(points), :2]; b = np.asarray(truth, np.float64)[:, list(points), :2]
+    a = np.asarray(render, np.float64)[:, list(points), :2]
+    b = np.asarray(truth, np.float64)[:, list(points), :2]
     if a.shape != b.shape: raise ValueError(f'landmark arrays differ in shape: {a.shape} vs {b.shape}')
     if len(a) == 0: raise ValueError('no frames to compare')
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
@@ -63,7 +69,8 @@ def align_landmarks(landmarks: np.ndarray,  # [T, L, 3] pixels (x, y, z as the f
 
 def au_geometry(aligned: np.ndarray) -> dict:  # [T, L, 3] aligned (eye-distance units, y up) -> unit: [T] signed
     "Per unit, a signed distance that grows with the unit's activation (compare with the truth's median)."
-    y = aligned[..., 1]; x = aligned[..., 0]
+    y = aligned[..., 1]
+    x = aligned[..., 0]
     eye_open = np.mean([y[:, up] - y[:, lo] for _, _, up, lo in _EYES], 0)
     brow = np.mean([y[:, b].mean(1) - y[:, e[1]] for b, e in zip(_INNER_BROWS, _EYES)], 0)
     brow_gap = np.linalg.norm(aligned[:, _INNER_BROWS[0][0]] - aligned[:, _INNER_BROWS[1][0]], axis=-1)
@@ -127,19 +134,23 @@ def lpips_model(folder):
         for k, l in enumerate(linear): l.weight.data.copy_(lin[f'lin{k}.model.1.weight'])
     except Exception as e:
         raise UserError(f'--lpips {folder}: the weights do not fit LPIPS v0.1 AlexNet ({type(e).__name__}: {str(e)[:120]})') from None
-    net = nn.Module(); net.features, net.linear = features, linear
+    net = nn.Module()
+    net.features, net.linear = features, linear
     return net.eval()
 
 def lpips_distance(net, a, b) -> float:  # a, b: [H, W, 3] float tensors in [0, 1]
     "LPIPS between two images (0: identical)."
     import torch
-    shift = torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1); scale = torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1)
+    shift = torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1)
     prep = lambda x: ((x.permute(2, 0, 1)[None].float() * 2 - 1) - shift) / scale
     with torch.no_grad():
         xa, xb, total, tap = prep(a), prep(b), 0.0, 0
         for k, layer in enumerate(net.features):
             xa, xb = layer(xa), layer(xb)
             if k in _TAPS:
-                na = xa / (xa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10); nb = xb / (xb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-                total += float(net.linear[tap]((na - nb) ** 2).mean()); tap += 1
+                na = xa / (xa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                nb = xb / (xb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                total += float(net.linear[tap]((na - nb) ** 2).mean())
+                tap += 1
         return total

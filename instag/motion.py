@@ -143,11 +143,11 @@ class MotionFieldConfig(Config):
     means_axis_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 def face_motion_config(**kw) -> MotionFieldConfig:
-    "The face branch's motion field (METHOD: 36 + 32 + 6 -> 10, hidden 64, 3 layers)."
+    "The face branch's motion field (paper: 36 + 32 + 6 -> 10, hidden 64, 3 layers)."
     return MotionFieldConfig(**kw)
 
 def mouth_motion_config(**kw) -> MotionFieldConfig:
-    "The inside-mouth branch's motion field (METHOD: 36 + 32 + 3 hook -> d_mu, hidden 32, x/z damped by 1/5)."
+    "The inside-mouth branch's motion field (paper: 36 + 32 + 3 hook -> d_mu, hidden 32, x/z damped by 1/5)."
     return MotionFieldConfig(**{'grid': mouth_grid_config(), 'region_attention': False, 'expression_dim': 0,
                                 'hook_dim': 3, 'hidden_dim': 32, 'predict_shape': False,
                                 'means_axis_scale': (0.2, 1.0, 0.2), **kw})
@@ -254,7 +254,8 @@ class MotionField(nn.Module):
         code = raw.expand(N, -1)                                             # [N, 32]
         att_audio = att_eye = None
         if self.region_att_net is not None:
-            att_audio = self.region_att_net(h); code = code * att_audio
+            att_audio = self.region_att_net(h)
+            code = code * att_audio
         parts = [h, code]
         if cfg.expression_dim:
             att_eye = F.relu(self.eye_att_net(h))                             # [N, 6]
@@ -270,7 +271,8 @@ class MotionField(nn.Module):
     def param_groups(self, lr_grid: float = 5e-3, lr_net: float = 5e-4, weight_decay: float = 0.0,
                      attention_lr_mult: float = 5.0, attention_weight_decay: float = 1e-4) -> list[dict]:
         "Optimizer groups as the official code: grid lr, network lr, AudioAttNet x5 lr with weight decay 1e-4."
-        att = set(map(id, self.audio_att_net.parameters())); grid = set(map(id, self.encoder.parameters()))
+        att = set(map(id, self.audio_att_net.parameters()))
+        grid = set(map(id, self.encoder.parameters()))
         net = [p for p in self.parameters() if id(p) not in att | grid]
         return [{'params': list(self.encoder.parameters()), 'lr': lr_grid},
                 {'params': net, 'lr': lr_net, 'weight_decay': weight_decay},
@@ -280,7 +282,7 @@ class MotionField(nn.Module):
 # %% ../nbs/42_motion.ipynb #44a297a7
 @dataclass
 class AlignerConfig(Config):
-    "The motion aligner of one branch (METHOD: the branch's tri-plane config, MLP 36 -> 6, hidden 32 face / 16 mouth)."
+    "The motion aligner of one branch (paper: the branch's tri-plane config, MLP 36 -> 6, hidden 32 face / 16 mouth)."
     # tri-plane encoder H_A (same configuration as the branch's motion field)
     grid: TriPlaneConfig = field(default_factory=TriPlaneConfig)
     # hidden width of the MLP (2 layers)

@@ -10,22 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .config import bounded
-from .core import UserError, get_device, new_run_dir, seed_everything
+from .core import UserError, get_device, seed_everything
 from .distributed import Dist, DistributedCallback, gather_heads, init_distributed
 from .data import DataConfig, TalkingHeadDataset
 from .gaussians import DensifyStrategy
-from .motion import MotionField
-from .prior import PRIOR, audio_kind, describe_audio, file_hash, save_prior
-from .runs import CONFIG, CHECKPOINT, MODEL, load_model_state, read_run_info, save_torch, write_run_info
-from .talking_head import SynthesizerConfig, TalkingHead, face_branch_config, field_deformation, mouth_branch_config
-from .train import claim_run_dir, parse_params
+from .jobs import claim_run_dir, fit_from_checkpoint, open_run_dir, parse_params
+from .prior import PRIOR, PretrainModel, audio_kind, describe_audio, file_hash, save_pretrain, save_prior
+from .runs import CONFIG, read_run_info, save_torch
+from .talking_head import SynthesizerConfig, face_branch_config, field_deformation, mouth_branch_config
 from .trainer import LOSS_TERMS, Callback, FrameSampler, StepOutput, Stage, Trainer, TrainerConfig, scale_lr
 
 # %% auto #0
-__all__ = ['PRESETS', 'CONTRAST_TERMS', 'HELD_OUT', 'pretrain_synthesizer', 'PretrainConfig', 'pretrain_config', 'PretrainModel',
+__all__ = ['PRESETS', 'CONTRAST_TERMS', 'HELD_OUT', 'pretrain_synthesizer', 'PretrainConfig', 'pretrain_config',
            'IdentitySampler', 'contrast_loss', 'negative_ids', 'term_contrast', 'EMACallback', 'MotionLRDecay',
            'pretrain_stages', 'read_corpus', 'corpus_manifest', 'Pretrainer', 'make_pretrainer', 'pretrain',
            'resume_pretrain', 'main_pretrain', 'run_notebook']
@@ -60,19 +59,19 @@ class PretrainConfig(TrainerConfig):
     cache_mb_total: int = bounded(1024, ge=1)
     # densification of each identity's face Gaussians (its own steps only); refine_stop counts from the stage end
     densify: DensifyStrategy = field(default_factory=lambda: DensifyStrategy(refine_stop=1000))
-    # densification gradient threshold of the mouth stage (METHOD: 2e-4)
+    # densification gradient threshold of the mouth stage (paper: 2e-4)
     mouth_grad_threshold: float = bounded(2e-4, ge=0)
-    # weight lambda_C of the Negative Contrast Loss (METHOD: 1; 0 switches it off)
+    # weight lambda_C of the Negative Contrast Loss (paper: 1; 0 switches it off)
     contrast_weight: float = bounded(1.0, ge=0)
     # length, in metres, that d_mu is measured in inside the hinge: max(0, <d_i, d_j>) / contrast_unit^2. 1.0 is the
-    # hinge on metres (METHOD's formula in instag's frame); 1e-2, the fields' output unit, keeps the personalized fields
-    # apart in both branches but its prior adapted worse (nbs/experiments/pretrain_results)
+    # hinge on metres (the paper's formula in instag's frame); 1e-2, the fields' output unit, keeps the personalized
+    # fields apart in both branches but its prior adapted worse (nbs/experiments/pretrain_results)
     contrast_unit: float = 1.0
-    # other identities compared per face step: 0 = all of them (METHOD), K = K drawn at random (cost stops growing)
+    # other identities compared per face step: 0 = all of them (paper), K = K drawn at random (cost stops growing)
     negatives: int = bounded(0, ge=0)
     # the same for the mouth stage (official code: one random identity)
     mouth_negatives: int = bounded(1, ge=0)
-    # EMA of the universal fields: decay per step (METHOD: 0.995), applied every ema_every steps as decay^ema_every
+    # EMA of the universal fields: decay per step (paper: 0.995), applied every ema_every steps as decay^ema_every
     ema_decay: float = bounded(0.995, ge=0, le=1)
     ema_every: int = bounded(10, ge=1)
     # draw frames with weight 1 + lip_sampling x rank(mouth opening) where a dataset has the opening (instag addition)
@@ -99,32 +98,6 @@ def pretrain_config(preset: str = 'cpu', **overrides) -> PretrainConfig:
     if preset not in PRESETS: raise UserError(f'unknown preset {preset!r}: choose one of {", ".join(PRESETS)}')
     return PretrainConfig.from_params({**PRESETS[preset], 'preset': preset, **overrides})
 
-# %% ../nbs/49_pretrain.ipynb #e9d43d55
-class PretrainModel(nn.Module):
-    "One universal `MotionField` per branch (`self.universal`), shared by every identity's `TalkingHead` (`self.heads`)."
-    def __init__(self, cfg: SynthesizerConfig, names: list[str], seed: int = 0):
-        super().__init__()
-        self.cfg, self.names = cfg, list(names)
-        self.universal = nn.ModuleDict(dict(face=MotionField(cfg.face.motion), mouth=MotionField(cfg.mouth.motion)))
-        self.heads = nn.ModuleList(TalkingHead(cfg, seed=seed + i, universal=self.universal) for i in range(len(self.names)))
-
-    def head(self, identity: int | None) -> TalkingHead:
-        if identity is None: raise ValueError('a pre-training model has one head per identity: name the identity')
-        return self.heads[identity]
-
-    def set_audio_stats(self, features: Tensor) -> None:
-        "Every field (universal and personalized) standardizes audio with the corpus-wide statistics of `features`."
-        for h in self.heads: h.set_audio_stats(features)
-
-    def load_state(self, state: dict) -> None:
-        "Load a state dict whose heads may hold any number of Gaussians."
-        for i, h in enumerate(self.heads):
-            load_model_state(h, {k[len(f'heads.{i}.'):]: v for k, v in state.items() if k.startswith(f'heads.{i}.')})
-        self.load_state_dict(state)
-
-    def num_gaussians(self) -> dict[str, int]:
-        return dict(face=sum(len(h.face) for h in self.heads), mouth=sum(len(h.mouth) for h in self.heads))
-
 # %% ../nbs/49_pretrain.ipynb #8851c2c4
 class IdentitySampler:
     "One identity uniformly at random, then a frame from its own `FrameSampler` (its bounded cache, its lip weights)."
@@ -141,7 +114,8 @@ class IdentitySampler:
 
     def sample(self):
         i = int(torch.randint(len(self.samplers), (1,), generator=self.generator))
-        s = self.samplers[i].sample(); s.identity = self.identities[i]
+        s = self.samplers[i].sample()
+        s.identity = self.identities[i]
         return s
 
     def state_dict(self) -> dict: return dict(generator=self.generator.get_state(), samplers=[s.state_dict() for s in self.samplers])
@@ -197,7 +171,7 @@ class EMACallback(Callback):
             else: e.copy_(v)
 
 class MotionLRDecay(Callback):
-    "Motion fields' lr x 0.5^(step / motion_lr_half_life) (METHOD), from each group's initial lr."
+    "Motion fields' lr x 0.5^(step / motion_lr_half_life) (as in the paper), from each group's initial lr."
     order = 10
     def before_step(self, t):
         f = 0.5 ** (t.step / max(1, t.cfg.motion_lr_half_life))
@@ -256,8 +230,7 @@ class Pretrainer(Trainer):
             gather_heads(m, d)
             save_torch(self.run_dir / 'universal.pt', {k: v.detach().clone() for k, v in m.universal.state_dict().items()})
             if d.rank: return self.run_dir / 'universal.pt'
-        save_torch(self.run_dir / MODEL, dict(format=1, kind='pretrain', synthesizer=m.cfg.to_dict(), names=m.names,
-                                              model=m.state_dict(), info=info))
+        save_pretrain(self.run_dir, m, info)
         return save_prior(self.run_dir / PRIOR, m.universal, self.extra.get('ema'), info['audio'], info['corpus'],
                           self.cfg.to_dict(), commit=read_run_info(self.run_dir).get('commit'),
                           corpus_name=info.get('corpus_name', ''))
@@ -314,11 +287,8 @@ def pretrain(corpus: Path | str, cfg: PretrainConfig | None = None, run_dir: Pat
     for ds in datasets: ds.split(cfg.seconds or None)  # refuse an impossible split before a run folder exists
     d = init_distributed(get_device(cfg.device))
     if d.rank == 0:
-        run_dir = Path(run_dir) if run_dir is not None else new_run_dir('pretrain', tag or Path(corpus).stem, root=root)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(run_dir / CONFIG)
-        write_run_info(run_dir, 'pretrain', None, corpus=str(Path(corpus).resolve()), datasets=[str(r) for r in roots],
-                       world_size=d.world)
+        run_dir = open_run_dir(run_dir, 'pretrain', tag or Path(corpus).stem, root, cfg, None, corpus=str(Path(corpus).resolve()),
+                               datasets=[str(r) for r in roots], world_size=d.world)
     run_dir = d.agree(run_dir)
     name = Path(corpus).name if Path(corpus).is_dir() else f'{Path(corpus).parent.name}/{Path(corpus).name}'
     t = make_pretrainer(cfg, datasets, run_dir, callbacks, verbose, name, d)
@@ -341,12 +311,8 @@ def resume_pretrain(run_dir: Path | str, callbacks=(), verbose: bool = True) -> 
         raise UserError(f'{run_dir} ran on {info.get("world_size", 1)} process(es): resume it with as many (torchrun --nproc_per_node)')
     t = make_pretrainer(cfg, _datasets([Path(p) for p in info['datasets']], cfg), run_dir, callbacks, verbose,
                         Path(info.get('corpus', '')).name, d)
-    if (t.run_dir / CHECKPOINT).exists():
-        t.load_checkpoint()
-        if verbose and d.rank == 0: print(f'instag pretrain: resuming {run_dir} at {t.stage.name} step {t.step}', file=sys.stderr)
-    try: t.fit()
+    try: return fit_from_checkpoint(t, 'pretrain', verbose and d.rank == 0)
     finally: d.finish()
-    return t
 
 def main_pretrain(argv: list[str]) -> int:
     "`instag pretrain CORPUS [--preset cpu|paper] [-p name=value ...] [--out ROOT] [--resume RUN]`."

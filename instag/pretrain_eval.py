@@ -11,33 +11,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import UserError, atomic_write_bytes
+from .core import UserError, write_json
 from .data import DataConfig, TalkingHeadDataset
 from .evaluate import evaluate
-from .pretrain import PretrainConfig, PretrainModel
-from .runs import CONFIG, METRICS, MODEL, load_torch, read_run_info
-from .talking_head import Conditions, SynthesizerConfig, field_deformation
+from .pretrain import PretrainConfig
+from .prior import PretrainModel, load_pretrain
+from .runs import CONFIG, METRICS
+from .talking_head import Conditions, field_deformation
 
 # %% auto #0
-__all__ = ['load_pretrain', 'motion_statistics', 'evaluate_pretrain', 'main_pretrain_eval']
+__all__ = ['motion_statistics', 'evaluate_pretrain', 'main_pretrain_eval']
 
 # %% ../nbs/49a_pretrain_eval.ipynb #53850bdf
-def load_pretrain(run_dir: Path | str) -> tuple[PretrainModel, dict]:
-    "The `PretrainModel` of a finished pre-training run (`model.pt`) and its info."
-    path = Path(run_dir) / MODEL
-    saved = load_torch(path, 'pre-training model')
-    if not isinstance(saved, dict) or saved.get('kind') != 'pretrain':
-        raise UserError(f'{path} is not a pre-training model: give an instag pretrain run')
-    try:
-        model = PretrainModel(SynthesizerConfig.from_dict(saved['synthesizer']), saved['names'])
-        model.load_state(saved['model'])
-        info = dict(saved['info'])
-        info['datasets'], info['test_ids']  # what the evaluation reads: a KeyError here, not after the model loads
-    except (KeyError, TypeError, ValueError, RuntimeError, UserError) as e:  # a file that says pretrain but holds something else
-        why = f'no {e}' if isinstance(e, KeyError) else (str(e).splitlines() or [''])[0][:120]
-        raise UserError(f'{path} is not a complete instag pre-training model ({why}): rerun instag pretrain') from None
-    return model.eval(), info
-
 @torch.no_grad()
 def motion_statistics(model: PretrainModel, datasets: list[TalkingHeadDataset], frame_ids: list[list[int]],
                       frames: int = 8) -> dict:
@@ -45,17 +30,20 @@ def motion_statistics(model: PretrainModel, datasets: list[TalkingHeadDataset], 
     out = {}
     for b in ('face', 'mouth'):
         if any(h.branch(b).personal is None for h in model.heads):  # pre-trained without personalized fields (an ablation)
-            out[b] = dict(personal_cosine=None, universal_share=1.0); continue
+            out[b] = dict(personal_cosine=None, universal_share=1.0)
+            continue
         cos, u_sum, p_sum = [], 0.0, 0.0
         for i, (ds, ids) in enumerate(zip(datasets, frame_ids)):
             head = model.heads[i]
             for fi in ids[::max(1, len(ids) // frames)][:frames]:
-                f = ds.frame(fi); c = Conditions(f.audio, f.aus)
+                f = ds.frame(fi)
+                c = Conditions(f.audio, f.aus)
                 hook = head.mouth_hook(head.face.deformation(c)) if b == 'mouth' else None
                 br = head.branch(b)
                 parts = br.part_deformations(c, hook)
                 du, dp = parts['universal'].d_means, parts['personal'].d_means
-                u_sum += float(du.norm(dim=-1).sum()); p_sum += float(dp.norm(dim=-1).sum())
+                u_sum += float(du.norm(dim=-1).sum())
+                p_sum += float(dp.norm(dim=-1).sum())
                 for j, other in enumerate(model.heads):
                     if j == i: continue
                     dj = field_deformation(other.branch(b).personal, br.gaussians['means'], c, hook).d_means
@@ -84,13 +72,14 @@ def evaluate_pretrain(run_dir: Path | str, frames: int = 60, lmd: bool = True, w
     out = dict(identities=rows, motion=stats, contrast_weight=cfg.contrast_weight,
                universal_mouth_corr_jaw=mean('universal_mouth_corr_jaw'), universal_lip_open_corr_jaw=mean('universal_lip_open_corr_jaw'),
                full_mouth_corr_jaw=mean('full_mouth_corr_jaw'), universal_psnr=mean('universal_psnr'), full_psnr=mean('full_psnr'))
-    if write: atomic_write_bytes(run_dir / METRICS, (json.dumps(out, indent=1) + '\n').encode())
+    if write: write_json(run_dir / METRICS, out)
     return out
 
 def main_pretrain_eval(argv: list[str]) -> int:
     "`python -m instag.pretrain_eval RUN [--frames 60] [--no-lmd]`: writes RUN/metrics.json, prints one JSON line."
     ap = argparse.ArgumentParser(prog='instag pretrain-eval', description='What a pre-training run learned (held-out frames of each identity).')
-    ap.add_argument('run'); ap.add_argument('--no-lmd', action='store_true')
+    ap.add_argument('run')
+    ap.add_argument('--no-lmd', action='store_true')
     ap.add_argument('--frames', type=int, default=60, help='held-out frames per identity (0: all)')
     a = ap.parse_args(argv)
     if a.frames < 0: raise UserError(f'--frames {a.frames}: give the number of held-out frames per identity (0: all of them)')

@@ -8,17 +8,18 @@ import argparse, hashlib, json, sys
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .config import first_difference
 from .core import OUTPUTS_DIR, PACKAGE_DIR, UserError, file_hash
 from .motion import MotionField, MotionFieldConfig
-from .runs import load_torch, save_torch
+from .runs import MODEL, load_model_state, load_torch, save_torch
+from .talking_head import SynthesizerConfig, TalkingHead
 
 # %% auto #0
 __all__ = ['PRIOR', 'PRIOR_FORMAT', 'CANONICAL', 'SHIPPED_DIR', 'AUDIO_KINDS', 'PREPARE_FIX', 'audio_kind', 'save_prior',
            'resolve_prior', 'load_prior', 'prior_fields', 'describe_audio', 'check_prior', 'describe_prior',
-           'list_priors', 'main_priors']
+           'list_priors', 'main_priors', 'PretrainModel', 'save_pretrain', 'load_pretrain']
 
 # %% ../nbs/48_prior.ipynb #a108777f
 PRIOR = 'prior.pt'
@@ -89,6 +90,7 @@ def prior_fields(prior: dict, ema: bool = True) -> nn.ModuleDict:
         out[b] = f
     return out
 
+# %% ../nbs/48_prior.ipynb #1ba2d7da
 def describe_audio(kind: str, dim: int | None = None, encoder: dict | None = None) -> str:
     "One phrase for a kind of audio features: 'whisper (whisper-base d01c3014, 2.0-s windows, 512-dim)', 'log-mel (80-dim)'."
     encoder = encoder if encoder and encoder.get('name') else None  # a log-mel entry names no encoder
@@ -158,3 +160,50 @@ def main_priors(argv: list[str]) -> int:
                     f'{r["seconds"]:>7.1f} s  {r["size_mb"]:>5.2f} MB  {r["corpus"]}  hears {r["audio_features"]}  {r["path"]}')
     if not rows and not a.json: print('no priors: instag pretrain CORPUS makes one')
     return 0
+
+# %% ../nbs/48_prior.ipynb #4f16c5a3
+class PretrainModel(nn.Module):
+    "One universal `MotionField` per branch (`self.universal`), shared by every identity's `TalkingHead` (`self.heads`)."
+    def __init__(self, cfg: SynthesizerConfig, names: list[str], seed: int = 0):
+        super().__init__()
+        self.cfg, self.names = cfg, list(names)
+        self.universal = nn.ModuleDict(dict(face=MotionField(cfg.face.motion), mouth=MotionField(cfg.mouth.motion)))
+        self.heads = nn.ModuleList(TalkingHead(cfg, seed=seed + i, universal=self.universal) for i in range(len(self.names)))
+
+    def head(self, identity: int | None) -> TalkingHead:
+        if identity is None: raise ValueError('a pre-training model has one head per identity: name the identity')
+        return self.heads[identity]
+
+    def set_audio_stats(self, features: Tensor) -> None:
+        "Every field (universal and personalized) standardizes audio with the corpus-wide statistics of `features`."
+        for h in self.heads: h.set_audio_stats(features)
+
+    def load_state(self, state: dict) -> None:
+        "Load a state dict whose heads may hold any number of Gaussians."
+        for i, h in enumerate(self.heads):
+            load_model_state(h, {k[len(f'heads.{i}.'):]: v for k, v in state.items() if k.startswith(f'heads.{i}.')})
+        self.load_state_dict(state)
+
+    def num_gaussians(self) -> dict[str, int]:
+        return dict(face=sum(len(h.face) for h in self.heads), mouth=sum(len(h.mouth) for h in self.heads))
+
+def save_pretrain(run_dir: Path | str, model: PretrainModel, info: dict) -> Path:
+    "`model.pt` of a pre-training run: the synthesizer config, the identities' names, the weights and `info` (plain data)."
+    return save_torch(Path(run_dir) / MODEL, dict(format=1, kind='pretrain', synthesizer=model.cfg.to_dict(), names=model.names,
+                                                  model=model.state_dict(), info=info))
+
+def load_pretrain(run_dir: Path | str) -> tuple[PretrainModel, dict]:
+    "The `PretrainModel` of a finished pre-training run (`model.pt`) and its info."
+    path = Path(run_dir) / MODEL
+    saved = load_torch(path, 'pre-training model')
+    if not isinstance(saved, dict) or saved.get('kind') != 'pretrain':
+        raise UserError(f'{path} is not a pre-training model: give an instag pretrain run')
+    try:
+        model = PretrainModel(SynthesizerConfig.from_dict(saved['synthesizer']), saved['names'])
+        model.load_state(saved['model'])
+        info = dict(saved['info'])
+        info['datasets'], info['test_ids']  # what the evaluation reads: a KeyError here, not after the model loads
+    except (KeyError, TypeError, ValueError, RuntimeError, UserError) as e:  # a file that says pretrain but holds something else
+        why = f'no {e}' if isinstance(e, KeyError) else (str(e).splitlines() or [''])[0][:120]
+        raise UserError(f'{path} is not a complete instag pre-training model ({why}): rerun instag pretrain') from None
+    return model.eval(), info

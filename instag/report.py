@@ -77,7 +77,7 @@ CLAIMS = (
     ('T8: both aligner parts beat scale only', ('T8', 'both', None), ('T8', 'scale', None), None),
     ('T5: personalized fields in pre-training help', ('T5pre', 'prior_full', None), ('T5pre', 'prior_no_personal', None), None),
     ('T5: the negative contrast loss helps', ('T5pre', 'prior_full', None), ('T5pre', 'prior_no_contrast', None), None),
-    # stop 28: the hinge on d_mu in the fields' output unit (contrast_unit 1e-2), pre-training's default since then
+    # the hinge on d_mu in the fields' output unit (contrast_unit 1e-2), pre-training's default
     ('T5: the negative contrast loss helps (hinge in field units)', ('T5pre', 'prior_unit', None), ('T5pre', 'prior_no_contrast', None), None),
     ('instag: the contrast hinge in field units beats it on metres', ('T5pre', 'prior_unit', None), ('T5pre', 'prior_full', None), None),
     # instag's own change, not the paper's (cpu protocol grid T1rbg): a random colour behind each branch while it trains alone
@@ -107,13 +107,15 @@ CLAIMS = (
     ('instag with the hole term: the encoder `real` prior beats the log-mel one (real)', ('T1hole', 'adapted_encoder', None),
      ('T1hole', 'adapted', None), 'real'),
 )
-HEADLINE_METRICS = ('psnr', 'psnr_inner', 'lmd', 'lip', 'sync_conf')  # psnr_inner: cells evaluated since stop 25 only
+# psnr_inner: only in the cells evaluated since it exists
+HEADLINE_METRICS = ('psnr', 'psnr_inner', 'lmd', 'lip', 'sync_conf')
 
 def is_synthetic(df):
     "Which rows are synthetic people: the dataset's `source` column where the table has it, else the synth naming (id00...)."
     if 'source' in df: return df['source'] == 'synthetic'
     return df.person.astype(str).str.match(r'id\d+$')
 
+# %% ../nbs/52_report.ipynb #96c8f674
 def claim_pairs(df, side, reference, metric: str, kind: str | None = None):
     "The signed paired differences (positive = `side` better) of one claim, indexed by (person, seed, seconds of `side`)."
     sub = df if kind is None else df[is_synthetic(df) == (kind == 'synthetic')]
@@ -197,7 +199,8 @@ def ablation_figure(df, metric: str = 'psnr', tables=('T5', 'T8', 'T5pre')):
                       title=f'{metric} per ablation and person (mean over seeds; min..max)')
     fig.update_xaxes(categoryorder='array', categoryarray=order)
     if len(sub):
-        lo_y, hi_y = float(sub[metric].min()), float(sub[metric].max()); pad = 0.1 * (hi_y - lo_y + 1e-9)
+        lo_y, hi_y = float(sub[metric].min()), float(sub[metric].max())
+        pad = 0.1 * (hi_y - lo_y + 1e-9)
         fig.update_yaxes(range=[lo_y - pad, hi_y + pad])
     return fig
 

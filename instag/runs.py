@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import OUTPUTS_DIR, UserError, atomic_write_bytes
+from .core import OUTPUTS_DIR, UserError, atomic_write_bytes, write_json
 from .talking_head import SynthesizerConfig, TalkingHead
 
 # %% auto #0
 __all__ = ['RUN_INFO', 'CONFIG', 'CHECKPOINT', 'MODEL', 'HISTORY', 'LOSS_CURVE', 'METRICS', 'STRIP', 'RUN_FILES', 'PLOTLY_JS',
            'LOCK_EMPTY_S', 'git_commit', 'write_run_info', 'read_run_info', 'save_torch', 'load_torch',
            'numpy_rng_state', 'set_numpy_rng_state', 'load_model_state', 'save_model', 'load_model', 'write_history',
-           'read_history', 'read_metrics', 'loss_figure', 'write_loss_curve', 'execute_notebook', 'lock_holder',
-           'take_lock', 'drop_lock', 'is_run', 'list_runs']
+           'read_history', 'read_metrics', 'loss_figure', 'write_loss_curve', 'experiment_template', 'execute_template',
+           'execute_notebook', 'lock_holder', 'take_lock', 'drop_lock', 'is_run', 'list_runs']
 
 # %% ../nbs/44a_runs.ipynb #52051f74
 RUN_INFO, CONFIG, CHECKPOINT, MODEL = 'run.json', 'config.yaml', 'checkpoint.pt', 'model.pt'
@@ -38,7 +38,7 @@ def write_run_info(run_dir: Path | str, job: str, dataset: Path | str | None = N
     from instag import __version__
     info = dict(job=job, dataset=None if dataset is None else str(Path(dataset).resolve()),
                 created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), version=__version__, commit=git_commit(), **extra)
-    atomic_write_bytes(Path(run_dir) / RUN_INFO, (json.dumps(info, indent=1) + '\n').encode())
+    write_json(Path(run_dir) / RUN_INFO, info)
     return info
 
 def read_run_info(run_dir: Path | str) -> dict:
@@ -49,7 +49,8 @@ def read_run_info(run_dir: Path | str) -> dict:
 # %% ../nbs/44a_runs.ipynb #8427a2fc
 def save_torch(path: Path | str, obj) -> Path:
     "`torch.save` to a temporary file, then rename: a killed run never leaves half a file."
-    buf = io.BytesIO(); torch.save(obj, buf)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
@@ -104,7 +105,7 @@ def load_model(run_dir: Path | str) -> tuple[TalkingHead, dict]:
 
 # %% ../nbs/44a_runs.ipynb #9c5b086a
 def write_history(run_dir: Path | str, history: list[dict]) -> None:
-    atomic_write_bytes(Path(run_dir) / HISTORY, json.dumps(history).encode())
+    write_json(Path(run_dir) / HISTORY, history, indent=None)
 
 def read_history(run_dir: Path | str) -> list[dict]:
     "The history records of a run ([] when it has none yet)."
@@ -153,18 +154,28 @@ def write_loss_curve(run_dir: Path | str, history: list[dict]) -> Path | None:
     return path
 
 # %% ../nbs/44a_runs.ipynb #a2319c6b
+def experiment_template(job: str) -> Path:
+    "The papermill template of `job` (`nbs/experiments/<job>.ipynb` of the checkout); refused when it is missing."
+    from instag.core import PROJECT_ROOT
+    src = PROJECT_ROOT / 'nbs' / 'experiments' / f'{job}.ipynb'
+    if not src.exists(): raise UserError(f'{src} is missing: run from an instag checkout')
+    return src
+
+def execute_template(job: str, inputs: dict, run_dir: Path | str, kernel: str | None = None, **params) -> Path:
+    "Execute the job's template with papermill into `run_dir` (the executed copy is `run_dir/<job>.ipynb`); returns `run_dir`."
+    import papermill as pm
+    src, run_dir = experiment_template(job), Path(run_dir)
+    pm.execute_notebook(str(src), str(run_dir / f'{job}.ipynb'), cwd=str(run_dir), progress_bar=False, kernel_name=kernel,
+                        parameters=dict(**inputs, run_dir=str(run_dir), **params))
+    return run_dir
+
 def execute_notebook(job: str,                      # 'train', 'pretrain', ...: the template is nbs/experiments/<job>.ipynb
                      inputs: dict,                  # the template's input parameters (dataset, corpus, ...)
                      tag: str = 'notebook', root: Path | str | None = None, kernel: str | None = None, **params) -> Path:
     "Execute the job's experiment notebook with papermill into a new run directory; returns it."
-    import papermill as pm
-    from instag.core import PROJECT_ROOT, new_run_dir
-    src = PROJECT_ROOT / 'nbs' / 'experiments' / f'{job}.ipynb'
-    if not src.exists(): raise UserError(f'{src} is missing: run from an instag checkout')
-    run_dir = new_run_dir(job, tag, root=root)
-    pm.execute_notebook(str(src), str(run_dir / f'{job}.ipynb'), cwd=str(run_dir), progress_bar=False, kernel_name=kernel,
-                        parameters=dict(**inputs, run_dir=str(run_dir), **params))
-    return run_dir
+    from instag.core import new_run_dir
+    experiment_template(job)  # a missing template is refused before a run folder exists
+    return execute_template(job, inputs, new_run_dir(job, tag, root=root), kernel, **params)
 
 # %% ../nbs/44a_runs.ipynb #c9246031
 LOCK_EMPTY_S = 30  # a lock still empty after this long lost its writer between creating and filling it

@@ -32,7 +32,7 @@ class Conditions:
     aus: Tensor                # [6] action units AU01, AU04, AU05, AU06, AU07, AU45
 
 def face_mouth_hook(d_means: Tensor,  # [N, 3] the face branch's d_mu of the frame
-                    k: int = 10,      # METHOD: k = 10 (official training draws it from 10..50)
+                    k: int = 10,      # paper: k = 10 (official training draws it from 10..50)
                     scale: float = 100.0) -> Tensor:  # [3]
     "phi = scale x [k-th largest, k-th smallest vertical d_mu, their difference]: how far the face opens the mouth."
     y = d_means[:, 1]
@@ -55,14 +55,14 @@ class BranchConfig(Config):
     sh_degree: int = 1
     # the universal motion field (face: 74 -> 64 x 3 -> 10; mouth: 71 -> 32 x 3 -> 3)
     motion: MotionFieldConfig = field(default_factory=face_motion_config)
-    # personalized motion field beside it: MLP width, 0 for none (pre-training; METHOD: 32 face, 16 mouth)
+    # personalized motion field beside it: MLP width, 0 for none (pre-training; paper: 32 face, 16 mouth)
     personal_hidden: int = 0
-    # motion aligner around it: MLP width, 0 for none (adaptation; METHOD: 32 face, 16 mouth)
+    # motion aligner around it: MLP width, 0 for none (adaptation; paper: 32 face, 16 mouth)
     aligner_hidden: int = 0
     # which of the aligner's two outputs apply: 'both', 'offset' (d_mu_A only), 'scale' (tau_A only) (ablations)
     aligner_mode: str = 'both'
     # hook scale tau_M = 2 sigmoid(MLP(H_U(mu) (+) mu_dist)) on the universal d_mu: MLP width, 0 for none
-    # (mouth in adaptation, METHOD; its last layer starts at zero, so tau_M starts at 1)
+    # (mouth in adaptation, as in the paper; its last layer starts at zero, so tau_M starts at 1)
     hook_scale_hidden: int = 0
 
     def __post_init__(self):
@@ -92,6 +92,7 @@ def combine(deformations: Mapping[str, Deformation]) -> Deformation | None:
     for d in deformations.values(): total = d if total is None else total + d
     return total
 
+# %% ../nbs/44_talking_head.ipynb #64f4b38c
 class Branch(nn.Module):
     "A structure field (`self.gaussians`) moved by a universal field, an optional personalized field and aligner."
     def __init__(self, cfg: BranchConfig, generator: torch.Generator | None = None,
@@ -266,7 +267,7 @@ class SynthesizerConfig(Config):
     mouth: BranchConfig = field(default_factory=mouth_branch_config)
     # feed the face-mouth hook phi (from the face's d_mu) to the mouth field; off: zeros (as before adaptation)
     hook: bool = False
-    # k of the hook: the k-th largest / smallest vertical d_mu of the face (METHOD: 10)
+    # k of the hook: the k-th largest / smallest vertical d_mu of the face (paper: 10)
     hook_k: int = 10
     # training draws k of each step uniformly from this range (inclusive; official: 10..50); (0, 0): always hook_k
     hook_k_range: tuple[int, int] = (0, 0)

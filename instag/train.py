@@ -4,28 +4,26 @@
 
 # %% ../nbs/45_train.ipynb #5b635633
 from __future__ import annotations
-import argparse, json, math, re, sys
+import argparse, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import bounded, plain_yaml
-from .core import UserError, atomic_write_bytes, dataset_fingerprint, new_run_dir, seed_everything
+from .config import bounded
+from .core import UserError, dataset_fingerprint, seed_everything, write_json
 from .data import DataConfig, TalkingHeadDataset
 from .evaluate import evaluate
 from .gaussians import DensifyStrategy
-from .index import CELL, EVALUATION
-from .runs import (CHECKPOINT, CONFIG, HISTORY, LOSS_CURVE, METRICS, MODEL, RUN_INFO, STRIP, execute_notebook,
-                         read_run_info, write_run_info)
+from .jobs import (add_run_options, claim_run_dir, fit_from_checkpoint, open_run_dir, report_run, resolve_dataset,
+                         run_dataset, run_overrides)
+from .runs import CONFIG, METRICS, STRIP, execute_notebook, read_run_info
 from .talking_head import SynthesizerConfig, TalkingHead
 from .trainer import Callback, FrameSampler, Stage, Trainer, TrainerConfig
 
 # %% auto #0
-__all__ = ['PRESETS', 'FUSE_GROUPS', 'BRANCH_TERMS', 'RUN_OUTPUTS', 'EXPERIMENT_NOTEBOOK', 'TrainConfig', 'train_config',
-           'stages_for', 'EvaluateCallback', 'resolve_dataset', 'make_trainer', 'claim_run_dir', 'train', 'run_dataset',
-           'resume', 'parse_value', 'parse_params', 'add_run_options', 'run_overrides', 'report_run', 'main_train',
-           'run_notebook']
+__all__ = ['PRESETS', 'FUSE_GROUPS', 'BRANCH_TERMS', 'EXPERIMENT_NOTEBOOK', 'TrainConfig', 'train_config', 'stages_for',
+           'EvaluateCallback', 'make_trainer', 'train', 'resume', 'main_train', 'run_notebook']
 
 # %% ../nbs/45_train.ipynb #02870b2c
 @dataclass
@@ -47,7 +45,7 @@ class TrainConfig(TrainerConfig):
     data: DataConfig = field(default_factory=DataConfig)
     # densification of the face stage; the mouth stage uses mouth_grad_threshold; refine_stop counts from the end (at most half a stage)
     densify: DensifyStrategy = field(default_factory=lambda: DensifyStrategy(refine_stop=1000))
-    # densification gradient threshold of the mouth stage (METHOD: 2e-4)
+    # densification gradient threshold of the mouth stage (paper: 2e-4)
     mouth_grad_threshold: float = bounded(2e-4, ge=0)
     # draw training frames with weight 1 + lip_sampling x (rank of their mouth opening, 0..1) where the dataset has
     # the opening (0: uniformly, as the paper): the few wide-open frames are what teaches the lips to part
@@ -62,7 +60,7 @@ class TrainConfig(TrainerConfig):
     # the colour behind a branch while it trains alone (`TrainerConfig`): 'random' here, white for pre-training. Over
     # white the face branch can paint the open mouth white; over a new colour every step only transparency matches
     # (cpu protocol, 2 synthetic people x 3 seeds, paired with white: PSNR +0.51 +- 0.38 dB adapted, +0.97 +- 0.80 scratch,
-    # every pair better). Before stop 24 the default was white: give [1.0, 1.0, 1.0] to repeat those runs
+    # every pair better). The earlier default was white: give [1.0, 1.0, 1.0] to repeat those runs
     region_background: tuple[float, float, float] | str = 'random'
 
     def __post_init__(self):
@@ -117,7 +115,7 @@ class EvaluateCallback(Callback):
     def after_fit(self, t):
         try: m = evaluate(t.model, self.ds, self.test_ids, self.train_ids, self.frames, t.run_dir / STRIP, self.lmd)
         except Exception as e:  # a run whose evaluation failed must not look finished
-            atomic_write_bytes(t.run_dir / METRICS, (json.dumps(dict(error=f'{type(e).__name__}: {e}')) + '\n').encode())
+            write_json(t.run_dir / METRICS, dict(error=f'{type(e).__name__}: {e}'), indent=None)
             job = read_run_info(t.run_dir).get('job') or 'train'
             raise UserError(f'the test-split evaluation failed ({type(e).__name__}: {str(e)[:200]}); model.pt is saved but the '
                             f'run is not finished: run instag check-data {self.ds.root}, fix it, then instag {job} --resume '
@@ -125,19 +123,11 @@ class EvaluateCallback(Callback):
         m.update(train_seconds=round(t.elapsed, 1), train_frames=len(self.train_ids), gaussians=t.model.num_gaussians(),
                  its_per_s=round(sum(s.iterations for s in t.stages) / max(t.elapsed, 1e-9), 2))
         t.metrics = m
-        atomic_write_bytes(t.run_dir / METRICS, (json.dumps(m, indent=1) + '\n').encode())
+        write_json(t.run_dir / METRICS, m)
         if t.verbose: print(f'test split: PSNR {m["psnr"]:.2f} dB (mean-frame baseline {m["baseline_psnr"]:.2f}), '
                             f'face {m["psnr_face"]:.2f}, SSIM {m["ssim"]:.3f}, LMD {m["lmd"]}', file=sys.stderr)
 
 # %% ../nbs/45_train.ipynb #e5cad4cc
-def resolve_dataset(data: Path | str) -> Path:
-    "A dataset folder: the path itself, else `data/<name>` of the project."
-    from instag.core import DATA_DIR
-    p = Path(data)
-    if p.is_dir(): return p
-    if (DATA_DIR / str(data)).is_dir(): return DATA_DIR / str(data)
-    raise UserError(f'no dataset at {data} (nor {DATA_DIR / str(data)}): make one with instag synth or instag prepare')
-
 def make_trainer(cfg: TrainConfig, ds: TalkingHeadDataset, run_dir: Path, callbacks=(), verbose: bool = True,
                  evaluate: bool = True, model: TalkingHead | None = None, stages: list[Stage] | None = None,
                  info: dict | None = None) -> Trainer:
@@ -156,22 +146,6 @@ def make_trainer(cfg: TrainConfig, ds: TalkingHeadDataset, run_dir: Path, callba
     t.train_ids, t.test_ids, t.ds = list(train_ids), list(test_ids), ds
     return t
 
-# what instag writes into a run folder: a folder holding anything else is not handed to a job
-RUN_OUTPUTS = (RUN_INFO, CONFIG, CHECKPOINT, MODEL, HISTORY, LOSS_CURVE, METRICS, STRIP, EVALUATION, 'prior.pt', 'universal.pt')
-
-def claim_run_dir(run_dir: Path | str, job: str) -> Path:
-    "`run_dir` for a new `job` run, checked before anything is written: refuse a file, a folder holding files instag did not write, or a run already there."
-    p = Path(run_dir)
-    if p.exists() and not p.is_dir(): raise UserError(f'--run-dir {p} is a file: give a new or empty folder for the run')
-    if not p.is_dir(): return p
-    run = bool(read_run_info(p).get('job'))  # run.json of an instag run: its outputs beside it are instag's
-    ours = lambda n: n in (f'{job}.ipynb', 'kernel.log', CELL) or run and (n in RUN_OUTPUTS or re.fullmatch(r'rank\d+', n))
-    foreign = sorted(e.name for e in p.iterdir() if not e.name.startswith('.') and not ours(e.name))
-    if foreign: raise UserError(f'{p} holds files instag did not write ({", ".join(foreign[:3])}): give a new or empty --run-dir')
-    if any((p / f).exists() for f in (CHECKPOINT, MODEL, 'prior.pt')):
-        raise UserError(f'{p} already holds an instag run: continue it with instag {job} --resume {p}, or give a new --run-dir')
-    return p
-
 def train(data: Path | str,                 # dataset folder (or a name under data/)
           cfg: TrainConfig | None = None,   # default: the `cpu` preset
           run_dir: Path | str | None = None, # default: a new outputs/train/<stamp>-<tag>/
@@ -186,29 +160,11 @@ def train(data: Path | str,                 # dataset folder (or a name under da
     A = int(ds.audio_features.shape[-1])
     cfg = cfg.replace(synthesizer__face__motion__audio_in_dim=A, synthesizer__mouth__motion__audio_in_dim=A)
     ds.split(cfg.seconds or None, cfg.test_split)  # refuse an impossible split before a run folder exists
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir('train', tag or root_ds.name, root=root)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(run_dir / CONFIG)
-    write_run_info(run_dir, 'train', root_ds, dataset_hash=dataset_fingerprint(root_ds))
+    run_dir = open_run_dir(run_dir, 'train', tag or root_ds.name, root, cfg, root_ds, dataset_hash=dataset_fingerprint(root_ds))
     t = make_trainer(cfg, ds, run_dir, callbacks, verbose, evaluate)
     if verbose: print(f'instag train: {ds!r}\n  {len(t.train_ids)} training frames, {len(t.test_ids)} test frames -> {run_dir}', file=sys.stderr)
     if fit: t.fit()
     return t
-
-def run_dataset(run_dir: Path, data: Path | str | None = None) -> Path:
-    "The dataset a run trains on: `data` (its new place; same recording, checked, and recorded in run.json) or run.json's."
-    info = read_run_info(run_dir)
-    if not info.get('dataset'): raise UserError(f'{run_dir}/run.json names no dataset: this is not an instag training run')
-    if data is None:
-        if not Path(info['dataset']).is_dir():
-            raise UserError(f'the dataset {info["dataset"]} of {run_dir} is gone: pass --data with its new place')
-        return Path(info['dataset'])
-    new = resolve_dataset(data)
-    if info.get('dataset_hash') and dataset_fingerprint(new) != info['dataset_hash']:
-        raise UserError(f'{new} holds another recording than the one {run_dir} trains on (its aud.wav differs): give that dataset')
-    info.update(dataset=str(new.resolve()), moved_from=info['dataset'])
-    atomic_write_bytes(run_dir / RUN_INFO, (json.dumps(info, indent=1) + '\n').encode())
-    return new
 
 def resume(run_dir: Path | str, callbacks=(), verbose: bool = True, evaluate: bool = True,
            data: Path | str | None = None) -> Trainer:  # data: the dataset's new place, if it moved
@@ -217,57 +173,7 @@ def resume(run_dir: Path | str, callbacks=(), verbose: bool = True, evaluate: bo
     if not (run_dir / CONFIG).exists(): raise UserError(f'{run_dir} holds no config.yaml: give the directory of a training run')
     cfg = TrainConfig.from_yaml(run_dir / CONFIG)
     t = make_trainer(cfg, TalkingHeadDataset(run_dataset(run_dir, data), cfg.data), run_dir, callbacks, verbose, evaluate)
-    if (run_dir / CHECKPOINT).exists():
-        t.load_checkpoint()
-        if verbose: print(f'instag train: resuming {run_dir} at {t.stage.name} step {t.step}', file=sys.stderr)
-    t.fit()
-    return t
-
-def parse_value(text: str, name: str = 'the value'):
-    "A command-line value: int, float (also '2e-2', which YAML 1.1 reads as a string), else plain YAML (bool, list, str)."
-    for kind in (int, float):
-        try: return kind(text)
-        except ValueError: pass
-    return plain_yaml(text, f'-p {name}={text}')
-
-def parse_params(params: list[str]) -> dict:
-    "`-p NAME=VALUE` options as a flat override dict."
-    over = {}
-    for p in params:
-        if '=' not in p: raise UserError(f'-p {p!r}: write NAME=VALUE')
-        k, v = p.split('=', 1); over[k.strip()] = parse_value(v, k.strip())
-    return over
-
-def add_run_options(ap: argparse.ArgumentParser, presets) -> None:
-    "The options every job that trains one person shares (`instag train`, `instag adapt`)."
-    ap.add_argument('--seconds', type=float, default=None, help='learn from the first S seconds of the training part; 0: all of it (default: the preset, 5)')
-    ap.add_argument('--preset', default='cpu', choices=sorted(presets), help='cpu: scaled for 2 cores (default); paper: the paper schedule')
-    ap.add_argument('--device', default=None, choices=('auto', 'cpu', 'cuda'), help='where to train (default: auto, CUDA when present)')
-    ap.add_argument('-p', '--param', action='append', default=[], metavar='NAME=VALUE',
-                    help='override a config value, papermill spelling (e.g. -p face_iterations=300)')
-    ap.add_argument('--resume', metavar='RUN_DIR', help='continue an interrupted run from its last checkpoint')
-    ap.add_argument('--data', dest='moved_data', default=None, help='with --resume: the dataset\'s new place, if it moved')
-    ap.add_argument('--tag', default='', help='suffix of the run directory name')
-    ap.add_argument('--out', default=None, help='root of the run directories (default: ./outputs)')
-    ap.add_argument('--no-eval', action='store_true', help='skip the test-split evaluation')
-    ap.add_argument('--quiet', action='store_true')
-
-def run_overrides(a: argparse.Namespace, **flags) -> dict:
-    "The config overrides of parsed `add_run_options` (and a job's own `flags`: name -> value, None = not given)."
-    if a.seconds is not None and not (math.isfinite(a.seconds) and a.seconds >= 0):
-        raise UserError(f'--seconds {a.seconds}: give a finite number of seconds, 0 or more (0: all of the training part)')
-    if a.out is not None and Path(a.out).exists() and not Path(a.out).is_dir():
-        raise UserError(f'--out {a.out} is a file: give the folder the run directories go in')
-    over = parse_params(a.param)
-    for k, v in dict(seconds=a.seconds, device=a.device, **flags).items():
-        if v is not None: over[k] = v
-    return over
-
-def report_run(t: Trainer) -> int:
-    "The last lines of a training command: the run directory, then the metrics as one JSON line."
-    print(f'run: {t.run_dir}')
-    if t.metrics: print(json.dumps(t.metrics))
-    return 0
+    return fit_from_checkpoint(t, 'train', verbose)
 
 def main_train(argv: list[str]) -> int:
     "`instag train DATA [--seconds S] [--preset cpu|paper] [--device D] [-p name=value ...] [--resume RUN [--data NEW]]`."

@@ -15,9 +15,9 @@ from torch import Tensor
 from .callbacks import Callback, CheckpointCallback, MetricsCallback, ProgressCallback
 from .config import Config, bounded, first_difference
 from .core import Interrupted, UserError, deferred_interrupt, get_device, seed_everything
-from .evaluate import psnr
 from .gaussians import DensifyStrategy, GaussianLR, make_optimizers, update_means_lr
-from .losses import LossConfig, alpha_loss, delta_l1, depth_prior_loss, hole_loss, normal_prior_loss, photometric_loss
+from .losses import (LossConfig, alpha_loss, delta_l1, depth_prior_loss, hole_loss, normal_prior_loss, photometric_loss,
+                           psnr)
 from .motion import Deformation, apply_deformation
 from .runs import (CHECKPOINT, load_model_state, load_torch, numpy_rng_state, read_run_info, save_model, save_torch,
                          set_numpy_rng_state)
@@ -75,7 +75,8 @@ class FrameSampler:
         mo = dataset.mouth_open  # [max id + 1] inner-lip gap prepare measured, or None
         self.lip_target = None   # standardized over the training frames
         if mo is not None:
-            z = mo[self.ids]; self.lip_target = (mo - z.mean()) / z.std().clamp_min(1e-6)
+            z = mo[self.ids]
+            self.lip_target = (mo - z.mean()) / z.std().clamp_min(1e-6)
         self.weights = None      # [len(ids)]: wide-open mouths are rare, draw them more often
         if lip_sampling > 0 and mo is not None:
             rank = mo[self.ids].argsort().argsort().float() / max(len(self.ids) - 1, 1)
@@ -158,7 +159,7 @@ def term_geometry(t, s: StepOutput) -> Tensor | None:
     return loss
 
 def term_hole(t, s: StepOutput) -> Tensor | None:
-    "hole_weight x the face branch's optical depth over the frame's open mouth, from `hole_start` (instag addition, issue 13)."
+    "hole_weight x the face branch's optical depth over the frame's open mouth, from `hole_start` (instag addition)."
     if not (L := t.cfg.losses).hole_weight or s.stage.branch != 'face' or s.alpha is None or t.step < L.hole_start: return None
     return L.hole_weight * hole_loss(s.alpha, s.sample.frame.mouth_mask[..., None]).mean()
 LOSS_TERMS = dict(photometric=term_photometric, alpha=term_alpha, delta=term_delta, lip=term_lip, geometry=term_geometry, hole=term_hole)
@@ -182,7 +183,7 @@ class TrainerConfig(Config):
     # of opening its lips; over white it must move them (German clip, true lip gap fed in as the condition, 1500
     # iterations: correlation of the rendered lip gap with the true one 0.11 over black, 0.42 over white). But over
     # white the face branch can paint the open mouth white, hiding the mouth branch behind it; no single colour matches
-    # a random one, so 'random' leaves transparency as the only exact answer outside the branch's region (issue 13; in
+    # a random one, so 'random' leaves transparency as the only exact answer outside the branch's region (in
     # practice the face branch still covers the open mouth, with the draws' median colour: see below)
     region_background: tuple[float, float, float] | str = (1.0, 1.0, 1.0)
     # atomic checkpoint every this many seconds (and at every stage end); every N iterations too when > 0
@@ -199,7 +200,8 @@ class TrainerConfig(Config):
 def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     "Every group's lr = its initial lr x `factor` (the initial lr is kept in the group, so it travels with a checkpoint)."
     for g in optimizer.param_groups:
-        g.setdefault('initial_lr', g['lr']); g['lr'] = g['initial_lr'] * factor
+        g.setdefault('initial_lr', g['lr'])
+        g['lr'] = g['initial_lr'] * factor
 
 class Trainer:
     "Runs `stages` on `model` with frames from `sampler`; callbacks do progress, history, checkpoints, evaluation."
@@ -299,14 +301,19 @@ class Trainer:
                     self._call('before_stage')
                     while self.step < self.stage.iterations:
                         self._call('before_step')
-                        t0 = time.time(); self.train_step(); self.elapsed += time.time() - t0
+                        t0 = time.time()
+                        self.train_step()
+                        self.elapsed += time.time() - t0
                         self.step += 1
                         self._call('after_step')
                         if stop.requested: self.interrupt()
                     self._call('after_stage')
                 first = False
-                self.stage_index += 1; self.step = 0; self.optimizers = {}
-        self.stage_index = len(self.stages) - 1; self.step = self.stage.iterations
+                self.stage_index += 1
+                self.step = 0
+                self.optimizers = {}
+        self.stage_index = len(self.stages) - 1
+        self.step = self.stage.iterations
         self.save_model()
         self._call('after_fit')
         return self.metrics
@@ -403,8 +410,12 @@ def _load_checkpoint(self: Trainer, path: Path | str | None = None) -> None:
         self.setup_stage()
         for k, o in self.optimizers.items(): o.load_state_dict(s['optimizers'][k])
         self.densify_state = s['densify_state']
-    self.generator.set_state(s['generator']); self.sampler.load_state_dict(s['sampler']); self.extra = s.get('extra', {})
-    torch.set_rng_state(s['rng']['torch']); set_numpy_rng_state(s['rng']['numpy']); random.setstate(s['rng']['python'])
+    self.generator.set_state(s['generator'])
+    self.sampler.load_state_dict(s['sampler'])
+    self.extra = s.get('extra', {})
+    torch.set_rng_state(s['rng']['torch'])
+    set_numpy_rng_state(s['rng']['numpy'])
+    random.setstate(s['rng']['python'])
 
 def _save_model(self: Trainer) -> Path:
     "`model.pt` (`instag.runs.save_model`): the weights, the config and `info`."

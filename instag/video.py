@@ -81,7 +81,8 @@ def probe_video(path: Path | str) -> VideoInfo:
     if len(times) < 2: raise UserError(f'{path} holds fewer than 2 decodable video frames: give a video, not a still image')
     if rotation % 90: raise UserError(f'{path} is rotated by {rotation} degrees, which is not a multiple of 90: re-export it upright')
     times = np.sort(np.array(times))
-    dt = np.diff(times); step = float(np.median(dt))
+    dt = np.diff(times)
+    step = float(np.median(dt))
     vfr = bool(np.any(np.abs(dt - step) > VFR_TOLERANCE * step))
     duration = float(times[-1] - times[0] + step)
     w, h = size if rotation in (0, 180) else size[::-1]
@@ -101,7 +102,8 @@ def rotate_frame(img: np.ndarray,  # [H, W, C]
 # %% ../nbs/23a_video.ipynb #45659b2c
 def _targets_between(t0: float, t1: float, fps: float, n: int) -> range:
     "Output indices whose times (relative to the first frame) fall in [t0, t1)."
-    lo = max(0, int(np.ceil(t0 * fps - 1e-9))); hi = min(n, int(np.ceil(t1 * fps - 1e-9)))
+    lo = max(0, int(np.ceil(t0 * fps - 1e-9)))
+    hi = min(n, int(np.ceil(t1 * fps - 1e-9)))
     return range(lo, max(lo, hi))
 
 def iter_frames(info: VideoInfo, fps: float = FPS, max_side: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -124,7 +126,8 @@ def iter_frames(info: VideoInfo, fps: float = FPS, max_side: int | None = None) 
                 if prev is not None:
                     # output times nearer the previous frame than this one take the previous frame
                     for i in _targets_between(emitted / fps, (prev_t + t) / 2, fps, n):
-                        yield i, prev_img; emitted = i + 1
+                        yield i, prev_img
+                        emitted = i + 1
                 prev, prev_t = frame, t
                 prev_img = convert(frame)
         except Exception:
@@ -232,7 +235,8 @@ def write_test_video(path: Path | str, frames: np.ndarray,  # [T, H, W, 3] uint8
     w.close()
     if rotation:  # a display matrix, as phones write it: only the ffmpeg command line sets one
         import imageio_ffmpeg, subprocess
-        tmp = path.with_name(f'.{path.stem}.rot{path.suffix}'); path.rename(tmp)
+        tmp = path.with_name(f'.{path.stem}.rot{path.suffix}')
+        path.rename(tmp)
         subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-v', 'error', '-y', '-display_rotation', str(rotation), '-i', str(tmp),
                         '-c', 'copy', str(path)], check=True)
         tmp.unlink()

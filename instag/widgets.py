@@ -20,7 +20,9 @@ __all__ = ['png_bytes', 'Controls', 'TrainingPanel', 'DeformationExplorer', 'Dat
 def png_bytes(*images: np.ndarray) -> bytes:  # each uint8 [H, W, 3] (same height)
     "The images side by side, as PNG bytes (what an `ipywidgets.Image` shows)."
     from PIL import Image
-    buf = io.BytesIO(); Image.fromarray(np.concatenate(images, 1)).save(buf, format='PNG'); return buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(images, 1)).save(buf, format='PNG')
+    return buf.getvalue()
 
 class Controls(Callback):
     "Pause / Step / Resume / Stop of a running `Trainer`, from any thread; they take effect between iterations."
@@ -29,14 +31,23 @@ class Controls(Callback):
         self._cv = threading.Condition()
         self.paused, self._credits, self._stop, self.waiting = False, 0, False, False
     def pause(self):
-        with self._cv: self.paused = True; self._cv.notify_all()
+        with self._cv:
+            self.paused = True
+            self._cv.notify_all()
     def resume(self):
-        with self._cv: self.paused, self._credits = False, 0; self._cv.notify_all()
+        with self._cv:
+            self.paused, self._credits = False, 0
+            self._cv.notify_all()
     def step(self):
         "Run exactly one more iteration, then stay paused."
-        with self._cv: self.paused = True; self._credits += 1; self._cv.notify_all()
+        with self._cv:
+            self.paused = True
+            self._credits += 1
+            self._cv.notify_all()
     def stop(self):
-        with self._cv: self._stop = True; self._cv.notify_all()
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
     def wait_paused(self, timeout: float = 60.0) -> bool:
         "Block until the trainer waits at an iteration boundary (True), or `timeout` seconds."
         end = time.time() + timeout
@@ -46,7 +57,9 @@ class Controls(Callback):
     def before_step(self, t):
         with self._cv:
             while not self._stop and self.paused and self._credits == 0:
-                self.waiting = True; self._cv.notify_all(); self._cv.wait(0.5)
+                self.waiting = True
+                self._cv.notify_all()
+                self._cv.wait(0.5)
             self.waiting = False
             if self._stop: t.interrupt()           # saves a checkpoint here, raises Interrupted
             if self.paused and self._credits: self._credits -= 1
@@ -58,9 +71,13 @@ class _ViewerLock(Callback):
     def __init__(self, panel): self.panel, self.held = panel, None
     def before_step(self, t):
         v = self.panel.viewer
-        if v is not None: v.lock.acquire(); self.held = v
+        if v is not None:
+            v.lock.acquire()
+            self.held = v
     def after_step(self, t):
-        if self.held is not None: self.held.lock.release(); self.held = None
+        if self.held is not None:
+            self.held.lock.release()
+            self.held = None
     def after_fit(self, t): self.after_step(t)
 
 class TrainingPanel(Callback):
@@ -70,16 +87,14 @@ class TrainingPanel(Callback):
                  viewer_port: int = 8080):
         import ipywidgets as W
         import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        from instag.runs import loss_figure
         self.t, self.refresh_s, self.max_points, self.viewer_port = trainer, refresh_s, max_points, viewer_port
         self.frame_id = frame_id if frame_id is not None else trainer.train_ids[0]
         self.controls, self.thread, self.error, self.updates, self._last = Controls(), None, None, 0, 0.0
         self.viewer_lock = _ViewerLock(self)
         trainer.callbacks = sorted([*trainer.callbacks, self.controls, self, self.viewer_lock], key=lambda c: c.order)
-        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=('loss terms', 'PSNR (dB)'))
-        self.figure = go.FigureWidget(fig)
-        self.figure.update_yaxes(type='log', row=1, col=1)
-        self.figure.update_layout(height=420, width=620, margin=dict(t=30, b=30, l=40, r=10), legend=dict(orientation='h'))
+        self.figure = go.FigureWidget(loss_figure([]))  # the run's loss_curve.html, updated in place
+        self.figure.update_layout(height=420, width=620, margin=dict(t=30, b=30, l=40, r=10))
         self.image = W.Image(format='png', layout=W.Layout(width='512px'))
         self.status = W.HTML()
         self.buttons = {n: W.Button(description=n) for n in ('Pause', 'Step', 'Resume', 'Stop', 'Viewer')}
@@ -100,17 +115,18 @@ class TrainingPanel(Callback):
     def refresh(self) -> None:
         "Curves, status and the current render of the panel's frame next to its target."
         from instag.evaluate import render_test_frame
+        from instag.runs import loss_figure
         from instag.talking_head import to_uint8
         t, self._last = self.t, time.time()
         h = t.history[-self.max_points * 20:][:: max(1, len(t.history[-self.max_points * 20:]) // self.max_points)]
-        terms = sorted({k for r in h for k in r if k.startswith('loss/')})
-        x = [r['iteration'] for r in h]
-        traces = [(k[5:], [r.get(k) for r in h], 1) for k in terms] + [('PSNR', [r.get('psnr') for r in h], 2)]
         with self.figure.batch_update():
             names = [d.name for d in self.figure.data]
-            for name, y, row in traces:
-                if name in names: d = self.figure.data[names.index(name)]; d.x, d.y = x, y
-                else: self.figure.add_scatter(x=x, y=y, name=name, mode='lines', row=row, col=1)
+            for trace in loss_figure(h).data:  # one trace per stage and term, as loss_curve.html draws them
+                if trace.name not in names:
+                    self.figure.add_trace(trace)
+                    continue
+                d = self.figure.data[names.index(trace.name)]
+                d.x, d.y = trace.x, trace.y
         was = t.model.training
         f = t.ds.frame(self.frame_id)
         img = to_uint8(render_test_frame(t.model, f).rgb)
@@ -153,7 +169,10 @@ class TrainingPanel(Callback):
     def toggle_viewer(self) -> None:
         "Open the viser viewer of the model as it trains (bound to 127.0.0.1), or stop it."
         if self.viewer is not None:
-            self.viewer.stop(); self.viewer = None; self.buttons['Viewer'].description = 'Viewer'; return
+            self.viewer.stop()
+            self.viewer = None
+            self.buttons['Viewer'].description = 'Viewer'
+            return
         from instag.inference import TrainedHead
         from instag.view.scenes import head_scene
         from instag.view.viewer import Viewer
@@ -173,19 +192,15 @@ class DeformationExplorer:
                  identity: int = 0):               # which person of a pre-training run
         import ipywidgets as W
         from instag.audio import load_audio
-        if not hasattr(head, 'render'):
-            from instag.runs import read_run_info
-            if read_run_info(head).get('job') == 'pretrain':
-                from instag.view.scenes import pretrain_head
-                head = pretrain_head(head, identity)
-            else:
-                from instag.inference import load_run
-                head = load_run(head)
+        from instag.view.scenes import head_scene, run_head
+        from instag.view.viewer import deformation_scale
+        if not hasattr(head, 'render'): head = run_head(head, identity)
         self.head = head
         self.features = {'training audio': None}
         for a in audio: self.features[Path(a).stem] = head.features(load_audio(a))
         parts = [p for p in ('universal', 'personal', 'aligner') if p in set(head.model.face.parts()) | set(head.model.mouth.parts())]
-        self.canonical = {b: getattr(head.model, b).gaussians['means'].detach() for b in ('face', 'mouth')}
+        # the viewer's scene of this head: its canonical Gaussians, plate, SH degrees and |d_mu| colour ramp
+        self.scene = head_scene(head, getattr(head, 'name', 'head'))
         self.frame = W.IntSlider(0, 0, len(head.frames) - 1, description='frame', continuous_update=False)
         self.audio = W.Dropdown(options=list(self.features), description='audio')
         self.parts = {p: W.Checkbox(True, description=p) for p in parts}
@@ -194,7 +209,7 @@ class DeformationExplorer:
         self.image, self.caption = W.Image(format='png', layout=W.Layout(width='512px')), W.HTML()
         for w in (self.frame, self.audio, self.colour, *self.parts.values()): w.observe(lambda _: self.update(), 'value')
         self.widget = W.VBox([W.HBox([self.frame, self.audio]), W.HBox([*self.parts.values(), self.colour]), self.caption, self.image])
-        self.scale = self._scale(scale_frames)
+        self.scale = deformation_scale(self.scene, scale_frames)  # the ramp's top: 99th percentile of |d_mu|, every part on
         self.update()
 
     def _ipython_display_(self):
@@ -204,15 +219,6 @@ class DeformationExplorer:
     def _frames(self) -> int:
         f = self.features[self.audio.value]
         return len(self.head.frames) if f is None else len(f)
-
-    @torch.no_grad()
-    def _scale(self, n: int) -> float:
-        "99th percentile of |d_mu| over `n` frames of the training audio, every part on: the colour ramp's top."
-        mags = []
-        for k in np.linspace(0, len(self.head.frames) - 1, min(n, len(self.head.frames))).astype(int):
-            d = self.head.deform(int(k))
-            mags += [(d.gaussians[b]['means'] - self.canonical[b]).norm(dim=-1) for b in d.gaussians]
-        return max(float(torch.quantile(torch.cat(mags), 0.99)), 1e-6)
 
     @torch.no_grad()
     def deformed(self):
@@ -227,16 +233,12 @@ class DeformationExplorer:
 
     @torch.no_grad()
     def render(self) -> np.ndarray:  # uint8 [H, W, 3]
-        "The composited frame for the widgets' state."
-        from instag.talking_head import render_frame, to_uint8
-        from instag.view.viewer import _colormap
+        "The composited frame for the widgets' state: the viewer's frame path and colours (`render_deformed`)."
+        from instag.view.viewer import ViewState, render_deformed
         k, d = self.deformed()
-        m = self.head.model
-        if self.colour.value == 'rgb':  # what TrainedHead.render (instag render's path) draws for this deformation
-            return to_uint8(m.render(d, self.head.frame(k).camera, self.head.background(k), dilate=True).rgb)
-        layers = {b: dict(g, colors=_colormap((g['means'] - self.canonical[b]).norm(dim=-1) / self.scale)) for b, g in d.gaussians.items()}
-        return to_uint8(render_frame(layers, self.head.frame(k).camera, self.head.background(k), {b: m.branch(b).cfg.sh_degree for b in layers},
-                                     m.cfg.backend, True).rgb)
+        state = ViewState(frame=k, track=self.audio.value, color='deformation' if self.colour.value == '|d_mu|' else 'rgb')
+        return render_deformed(self.scene, d.gaussians, self.head.frame(k).camera, state, self.audio.value, k,
+                               self.head.model.cfg.backend)
 
     def update(self) -> None:
         from instag.talking_head import to_uint8
@@ -289,13 +291,16 @@ class DatasetBrowser:
         img = to_uint8(f.image)
         out = [img, parsing_image(f.labels.numpy())]
         if self.landmarks is not None and i < len(self.landmarks):
-            dots = img.copy(); h, w = dots.shape[:2]
+            dots = img.copy()
+            h, w = dots.shape[:2]
             for x, y in self.landmarks[i, :, :2].round().astype(int):
                 if 0 <= x < w and 0 <= y < h: dots[max(0, y - 1):y + 1, max(0, x - 1):x + 1] = (255, 40, 40)
             out.append(dots)
         if f.depth is not None and bool((f.depth > 0).any()):
-            d = f.depth.numpy(); m = d > 0
-            v = np.zeros_like(d); v[m] = (d[m] - d[m].min()) / max(float(np.ptp(d[m])), 1e-9)
+            d = f.depth.numpy()
+            m = d > 0
+            v = np.zeros_like(d)
+            v[m] = (d[m] - d[m].min()) / max(float(np.ptp(d[m])), 1e-9)
             out.append(np.repeat((255 * (1 - v) * m)[..., None], 3, -1).astype(np.uint8))
         if f.normal is not None and bool((f.normal != 0).any()):
             out.append(((f.normal.numpy() * 0.5 + 0.5).clip(0, 1) * 255 * (f.normal.norm(dim=-1, keepdim=True).numpy() > 0)).astype(np.uint8))

@@ -1,5 +1,10 @@
 """Shared test helpers (imported by the test modules; pytest puts tests/ on sys.path)."""
+import importlib.util, sys
+
 from instag.trainer import Callback
+
+# settings.ini requires mediapipe==0.10.21 below Python 3.13 (it has no wheels above): there it is never optional
+MEDIAPIPE_REQUIRED = sys.version_info < (3, 13)
 
 
 class Killed(Exception):
@@ -13,3 +18,28 @@ class KillAt(Callback):
     def after_step(self, t):
         self.done += 1
         if self.done == self.n: raise Killed()
+
+
+def flat_config(run_dir) -> dict:
+    "A run's config.yaml flattened into papermill spelling (`synthesizer__face__init_points`)."
+    from pathlib import Path
+    import yaml
+    def walk(d, prefix=''):
+        for k, v in d.items():
+            if isinstance(v, dict): yield from walk(v, f'{prefix}{k}__')
+            else: yield f'{prefix}{k}', v
+    return dict(walk(yaml.safe_load((Path(run_dir) / 'config.yaml').read_text())))
+
+
+def assert_injected(run_dir, params: dict) -> None:
+    "Each injected papermill parameter reached the run: config.yaml holds it with the injected value."
+    saved = flat_config(run_dir)
+    wrong = {k: (v, saved.get(k, '<absent>')) for k, v in params.items() if k not in saved or saved[k] != v}
+    assert not wrong, f'injected parameters not in config.yaml as injected (injected, saved): {wrong}'
+
+
+def has_mediapipe() -> bool:
+    "Whether mediapipe is there; below Python 3.13 it must be (a plain import: missing fails the calling test)."
+    if not MEDIAPIPE_REQUIRED: return importlib.util.find_spec('mediapipe') is not None
+    import mediapipe  # noqa: F401
+    return True

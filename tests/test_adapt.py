@@ -12,7 +12,7 @@ from instag.camera import Camera
 from instag.losses import depth_prior_loss, normal_prior_loss
 from instag.render import head_gaussians, quat_to_rotmat, render
 from instag.train import Callback
-from helpers import KillAt, Killed
+from helpers import KillAt, Killed, assert_injected
 
 TINY = dict(seconds=2.0, face_iterations=8, mouth_iterations=6, fuse_iterations=3, static_iterations=1,
             warmup_iterations=3, losses__geometry_start=2, synthesizer__face__init_points=150,
@@ -156,16 +156,33 @@ def test_adapt_refuses_a_wrong_prior_in_one_line(person, tmp_path):
 
 
 def test_adapt_notebook_runs_under_papermill_and_the_run_renders(person, tmp_path):
+    import av
     from instag.adapt import run_notebook
-    from instag.inference import main_render
-    run = run_notebook(person, root=tmp_path, seconds=2.0, face_iterations=3, mouth_iterations=2, fuse_iterations=1,
-                       eval_frames=2, synthesizer__face__init_points=100, synthesizer__mouth__init_points=50,
-                       eval_lmd=False, threads=1, aligner='offset', warmup_iterations=1)
+    from instag.audio import load_audio
+    from instag.inference import main_render, stream_durations, video_frames_for
+    from instag.layout import SAMPLE_RATE
+    params = dict(seconds=2.0, face_iterations=3, mouth_iterations=2, fuse_iterations=1, eval_frames=2, seed=7,
+                  synthesizer__face__init_points=100, synthesizer__mouth__init_points=50, eval_lmd=False, threads=1,
+                  aligner='offset', warmup_iterations=1)
+    run = run_notebook(person, root=tmp_path, **params)
     assert (run / 'adapt.ipynb').exists() and (run / 'metrics.json').exists()
+    assert_injected(run, params)
     assert json.loads((run / 'run.json').read_text())['prior']['name'] == 'synthetic'
-    out = tmp_path / 'talk.mp4'
-    assert main_render([str(run), '--audio', str(person / 'aud.wav'), '--out', str(out), '--max-seconds', '0.5', '--quiet']) == 0
-    assert out.stat().st_size > 0
+    out, seconds = tmp_path / 'talk.mp4', 0.5
+    assert main_render([str(run), '--audio', str(person / 'aud.wav'), '--out', str(out), '--max-seconds', str(seconds), '--quiet']) == 0
+    # the first half second of the speech, as whole video frames with the audio beside them (silence after it)
+    wav = load_audio(person / 'aud.wav')[:int(seconds * SAMPLE_RATE)]
+    d = stream_durations(out)
+    assert set(d) == {'video', 'audio'}
+    with av.open(str(out)) as c:
+        fps = float(c.streams.video[0].average_rate)
+        frames = sum(1 for _ in c.decode(video=0))
+        c.seek(0)
+        sound = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    assert frames == video_frames_for(len(wav), fps) and seconds <= frames / fps < seconds + 0.5
+    assert abs(d['video'] - frames / fps) < 1e-3 and abs(d['audio'] - d['video']) < 1e-3
+    loud = lambda x: float(np.sqrt(np.mean(np.square(x))))
+    assert abs(loud(sound[:len(wav)]) / loud(wav) - 1) < 0.25, 'the video carries the speech, not silence'
 
 
 def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_says_how_to_resume(person, tmp_path):

@@ -8,6 +8,7 @@ import torch
 from instag.cli import main
 from instag.config import Config
 from instag.core import UserError, new_run_dir
+from instag.runs import CONFIG
 from instag.camera import Camera, opengl_c2w_to_opencv_w2c, opencv_w2c_to_opengl_c2w
 
 
@@ -55,7 +56,8 @@ def test_config_refuses_unknown_and_accepts_every_field(tmp_path):
     with pytest.raises(UserError, match='inner__rate'): Outer.from_params({'inner__rat': 1.0})
     cfg = Outer.from_params({'iters': 3, 'inner__rate': 1})
     assert cfg.inner.rate == 1.0 and isinstance(cfg.inner.rate, float)
-    run = new_run_dir('test', 'cfg', root=tmp_path, config=cfg)
+    run = new_run_dir('test', 'cfg', root=tmp_path)
+    cfg.to_yaml(run / CONFIG)
     assert Outer.from_yaml(run / 'config.yaml') == cfg
 
 

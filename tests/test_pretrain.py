@@ -9,7 +9,7 @@ from instag.example_data import write_example_dataset
 from instag.pretrain import contrast_loss, pretrain, pretrain_config, read_corpus, resume_pretrain
 from instag.prior import check_prior, load_prior
 from instag.trainer import Callback
-from helpers import KillAt, Killed
+from helpers import KillAt, Killed, assert_injected
 
 TINY = dict(face_iterations=6, mouth_iterations=5, face_static_iterations=1, mouth_static_iterations=1,
             synthesizer__face__init_points=80, synthesizer__mouth__init_points=40, negatives=0, ema_every=1,
@@ -109,25 +109,45 @@ def test_prior_is_loaded_without_unpickling_code(tmp_path):
 
 
 def test_viewer_opens_a_pretraining_run_per_identity(corpus, tmp_path):
-    "instag view on a pre-training run: pick an identity; universal only or universal + personalized."
+    "instag view on a pre-training run: pick an identity; universal only or universal + its own personalized fields."
     from instag.core import UserError
-    from instag.view.scenes import scene_from_path
+    from instag.view.scenes import head_scene, pretrain_head, scene_from_path
     from instag.view.viewer import ViewState, make_render_fn
-    pretrain(corpus, pretrain_config('cpu', **TINY), run_dir=tmp_path / 'run', verbose=False)
+    trained = pretrain(corpus, pretrain_config('cpu', **TINY), run_dir=tmp_path / 'run', verbose=False).model.heads[2]
     scene = scene_from_path(tmp_path / 'run', identity=2)
     assert scene.components == ('universal', 'universal + personal') and 'id2' in scene.name
-    rf = make_render_fn(scene)
-    cam = scene.cameras[0]
-    a, b = (rf(cam, ViewState(frame=1, components=c)) for c in scene.components)
-    assert a.shape == b.shape == (40, 40, 3)
+    track, frame = next(iter(scene.tracks)), 1
+    u, up = (scene.deform(track, frame, c) for c in scene.components)
+    # the face's means move by exactly identity 2's trained personalized d_mu more (not 0, not another identity's field)
+    with torch.no_grad():
+        d_personal = trained.face.deformation(pretrain_head(tmp_path / 'run', 2).conditions(frame), parts=('personal',)).d_means
+    torch.testing.assert_close(up['face']['means'] - u['face']['means'], d_personal, rtol=1e-3, atol=1e-7)
+    d_universal = u['face']['means'] - scene.canonical['face']['means']
+    assert d_personal.norm() > 0.05 * d_universal.norm(), 'the personalized d_mu is a real part of the motion'
+    assert not torch.equal(up['mouth']['means'], u['mouth']['means'])
+    # rendered: the choice reaches the image (personal d_mu magnified to move pixels) and is the only difference (personal zeroed)
+    renders = lambda scene: [rf(scene.cameras[0], ViewState(frame=frame, components=c)).astype(int)
+                             for rf in [make_render_fn(scene)] for c in scene.components]
+    for gain, differ in ((1e3, True), (0.0, False)):
+        head = pretrain_head(tmp_path / 'run', identity=2)
+        with torch.no_grad():
+            for branch in ('face', 'mouth'):
+                personal = getattr(head.model, branch).personal
+                if gain: personal.means_axis_scale.mul_(gain)
+                else: personal.deform_net.layers[-1].weight.zero_()
+        a, b = renders(head_scene(head, 'id2'))
+        assert a.shape == b.shape == (40, 40, 3)
+        assert (abs(a - b).mean() > 0.5) if differ else (a == b).all()
     with pytest.raises(UserError, match='identities 0..2'): scene_from_path(tmp_path / 'run', identity=3)
 
 
 def test_experiment_notebook_runs_under_papermill(corpus, tmp_path):
     import papermill as pm
     from instag.pretrain import run_notebook
-    run = run_notebook(corpus, root=tmp_path, evaluate_frames=2, **{k: v for k, v in TINY.items() if k != 'checkpoint_every_steps'})
+    params = {**{k: v for k, v in TINY.items() if k != 'checkpoint_every_steps'}, 'seed': 4}
+    run = run_notebook(corpus, root=tmp_path, evaluate_frames=2, **params)
     assert (run / 'pretrain.ipynb').exists() and (run / 'prior.pt').exists() and (run / 'metrics.json').exists()
+    assert_injected(run, params)
     with pytest.raises(pm.PapermillExecutionError, match='negatives'):
         run_notebook(corpus, root=tmp_path, negative=3)
 

@@ -1,5 +1,6 @@
 """The renderer: the C++ `cpu` backend against the PyTorch reference (values and gradients), the reference against
-finite differences, depth and normal against closed forms, and gsplat (CUDA only) against the reference."""
+finite differences, depth and normal against closed forms, and gsplat (CUDA only) against the reference (values and
+gradients)."""
 import math, os
 import warnings
 
@@ -52,7 +53,7 @@ def render_with_grads(scene: dict, viewmat, K, width, height, backend, **kw):
     loss = 0
     for name in ('rgb', 'alpha', 'depth', 'normal', 'features'):
         img = getattr(out, name)
-        if img is not None: loss = loss + (img * torch.randn(img.shape, generator=gen, dtype=img.dtype)).sum()
+        if img is not None: loss = loss + (img * torch.randn(img.shape, generator=gen, dtype=img.dtype).to(img.device)).sum()
     loss.backward()
     grads = {k: v.grad for k, v in leaves.items()}
     grads['means2d'] = out.means2d.grad
@@ -231,17 +232,40 @@ def test_head_scene_is_a_closed_surface():
     assert (axis * torch.nn.functional.normalize(scene['means'], dim=-1)).sum(-1).mean() > 0.9
 
 
+# gsplat against the reference: CUDA float32 against CPU autograd, and gsplat may cull a Gaussian's edge tiles (per-axis
+# radii in newer gsplat) where the reference keeps a few faint pixels; so each input's gradient is compared as one relative
+# error over the Gaussians both render: loose enough for those pixels, far below what a dropped term or wrong factor gives
+GSPLAT_FWD_TOL = dict(rtol=1e-3, atol=1e-3)
+GSPLAT_GRAD_REL = 0.05
+
+
+def gradient_errors(grads: dict, ref: dict, rendered) -> dict:  # rendered: [N] bool, Gaussians both backends draw
+    "Per input: |grad - reference grad| / |reference grad| over the rendered Gaussians (both grads must exist)."
+    out = {}
+    for name, g in ref.items():
+        assert (g is None) == (grads[name] is None), f'grad {name}: one backend has none'
+        if g is None or g.numel() == 0: continue
+        a, b = grads[name].detach().cpu()[rendered], g.detach().cpu()[rendered]
+        assert b.norm() > 0, f'grad {name}: the reference gradient is zero on the rendered Gaussians'
+        out[name] = float((a - b).norm() / b.norm())
+    return out
+
+
 @pytest.mark.cuda
 def test_gsplat_matches_reference():
+    "Values and gradients of every input (and of means2d, the densification signal) against the reference."
     pytest.importorskip('gsplat')
     scene, (viewmat, K) = random_scene(500, seed=9), camera(64, 48)
     cuda = {k: v.cuda() for k, v in scene.items()}
-    ref = render(scene, viewmat, K, 64, 48, backend='torch')
-    out = render(cuda, viewmat.cuda(), K.cuda(), 64, 48, backend='gsplat')
+    ref, g_ref = render_with_grads(scene, viewmat, K, 64, 48, 'torch')
+    out, g_out = render_with_grads(cuda, viewmat.cuda(), K.cuda(), 64, 48, 'gsplat')
     for name in ('rgb', 'alpha', 'depth', 'normal', 'features'):
-        assert_close(getattr(out, name).cpu(), getattr(ref, name), rtol=1e-3, atol=1e-3)
+        assert_close(getattr(out, name).detach().cpu(), getattr(ref, name).detach(), **GSPLAT_FWD_TOL, msg=lambda m: f'{name}: {m}')
     assert (out.visible.cpu() == ref.visible).float().mean() > 0.99
-    params = {k: v.clone().requires_grad_() for k, v in cuda.items()}
-    out = render(params, viewmat.cuda(), K.cuda(), 64, 48, backend='gsplat')
-    out.rgb.sum().backward()
-    assert out.means2d.shape == (500, 2) and out.means2d.grad is not None and params['means'].grad is not None
+    assert out.means2d.shape == (500, 2) and set(g_out) == set(g_ref)
+    rendered = out.visible.cpu() & ref.visible
+    assert rendered.sum() > 250
+    errors = gradient_errors(g_out, g_ref, rendered)
+    assert set(errors) == set(PARAMS) | {'means2d'}
+    assert max(errors.values()) < GSPLAT_GRAD_REL, errors
+    assert not g_out['means2d'].cpu()[~out.visible.cpu()].any(), 'no densification signal for Gaussians gsplat culls'

@@ -8,7 +8,7 @@ import torch
 
 from instag.example_data import write_example_dataset
 from instag.train import Callback, resume, train, train_config
-from helpers import KillAt, Killed
+from helpers import KillAt, Killed, assert_injected
 
 # a tiny run that still densifies (face and mouth) and checkpoints every 3 iterations
 TINY = dict(seconds=0.4, face_iterations=8, mouth_iterations=6, fuse_iterations=3, static_iterations=2,
@@ -67,10 +67,12 @@ def test_render_streams_have_equal_duration(dataset, tmp_path):
 
 def test_experiment_notebook_runs_under_papermill(dataset, tmp_path):
     from instag.train import run_notebook
-    run = run_notebook(dataset, root=tmp_path, seconds=0.4, face_iterations=3, mouth_iterations=2, fuse_iterations=1,
-                       eval_frames=2, synthesizer__face__init_points=100, synthesizer__mouth__init_points=50,
-                       data__audio='mel', eval_lmd=False, threads=1)
+    params = dict(seconds=0.4, face_iterations=3, mouth_iterations=2, fuse_iterations=1, eval_frames=2, seed=5,
+                  synthesizer__face__init_points=100, synthesizer__mouth__init_points=50, data__audio='mel',
+                  eval_lmd=False, threads=1)
+    run = run_notebook(dataset, root=tmp_path, **params)
     assert (run / 'train.ipynb').exists() and (run / 'metrics.json').exists()
+    assert_injected(run, params)
     nb = json.loads((run / 'train.ipynb').read_text())
     assert any('injected-parameters' in c['metadata'].get('tags', []) for c in nb['cells'])
     assert 'psnr' in json.loads((run / 'metrics.json').read_text())

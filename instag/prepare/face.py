@@ -27,7 +27,8 @@ __all__ = ['NATIVE_NOISE', 'N_MESH', 'N_LANDMARKS', 'MULTI_FACE_SCORE', 'MULTI_F
 
 # %% ../../nbs/23b_face.ipynb #0459685d
 # MediaPipe's C++ (TensorFlow Lite, absl, glog) logs info to file descriptor 2; these levels drop most of it at the source
-os.environ.setdefault('GLOG_minloglevel', '2'); os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('GLOG_minloglevel', '2')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # lines of that log that say nothing a user can act on: glog/absl info and warnings, the TFLite delegate banner
 NATIVE_NOISE = re.compile(r'^(?:[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] '
@@ -40,7 +41,9 @@ def quiet_native_logs():
     "Send what C++ writes to file descriptor 2 to a temp file; afterwards replay the lines that are not `NATIVE_NOISE`."
     kept = []  # the replayed lines, for whoever wants them
     try: saved = os.dup(2)
-    except OSError: yield kept; return  # no fd 2 (a detached process): nothing reaches a terminal anyway
+    except OSError:
+        yield kept
+        return  # no fd 2 (a detached process): nothing reaches a terminal anyway
     old = sys.stderr
     try: python_on_fd2 = old is not None and old.fileno() == 2
     except (AttributeError, OSError, ValueError): python_on_fd2 = False  # Jupyter: sys.stderr is not fd 2
@@ -51,8 +54,11 @@ def quiet_native_logs():
         if python_on_fd2: sys.stderr = open(saved, 'w', buffering=1, closefd=False, errors='backslashreplace')
         try: yield kept
         finally:
-            if python_on_fd2: sys.stderr.flush(); sys.stderr = old
-            os.dup2(saved, 2); os.close(saved)
+            if python_on_fd2:
+                sys.stderr.flush()
+                sys.stderr = old
+            os.dup2(saved, 2)
+            os.close(saved)
             capture.seek(0)
             lines = capture.read().decode(errors='replace').splitlines()
             kept += [l for l in lines if l.strip() and not NATIVE_NOISE.match(l)]
@@ -94,18 +100,22 @@ def track_faces(frames,  # iterable of (i, rgb uint8 [H, W, 3]) at the analysis 
     "Run the face mesh on every frame and a face counter on every `detect_every`-th one."
     solutions = mediapipe_solutions()
     from tqdm.auto import tqdm
-    lms = np.zeros((n, N_LANDMARKS, 3), np.float32); found = np.zeros(n, bool); faces = []
+    lms = np.zeros((n, N_LANDMARKS, 3), np.float32)
+    found = np.zeros(n, bool)
+    faces = []
     with quiet_native_logs():
         mesh = solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
                                                min_detection_confidence=0.5, min_tracking_confidence=0.5)
         detector = solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=MULTI_FACE_SCORE)
         with mesh, detector:
             for i, img in tqdm(frames, total=n, desc='landmarks', disable=not progress, leave=False):
-                h, w = img.shape[:2]; scale = w / width
+                h, w = img.shape[:2]
+                scale = w / width
                 res = mesh.process(img)
                 if i == 0 and res.multi_face_landmarks: res = mesh.process(img)  # the first, detector-seeded mesh is rough
                 if res.multi_face_landmarks:
-                    lms[i] = _mesh_points(res.multi_face_landmarks[0], w, h, scale); found[i] = True
+                    lms[i] = _mesh_points(res.multi_face_landmarks[0], w, h, scale)
+                    found[i] = True
                 if i % detect_every == 0:
                     det = detector.process(img)
                     faces.append((i, len(det.detections or [])))
@@ -137,7 +147,8 @@ def check_track(track: Track, name: str, fps: float = FPS) -> None:
 def fill_gaps(landmarks: np.ndarray,  # [T, L, 3]
               found: np.ndarray) -> np.ndarray:  # [T] bool -> [T, L, 3]
     "Linearly interpolate the landmarks of frames without a face (ends hold the nearest found frame)."
-    t = np.arange(len(found)); good = np.flatnonzero(found)
+    t = np.arange(len(found))
+    good = np.flatnonzero(found)
     flat = landmarks.reshape(len(found), -1)
     out = np.stack([np.interp(t, good, flat[good, k]) for k in range(flat.shape[1])], 1)
     return out.reshape(landmarks.shape).astype(np.float32)
@@ -162,7 +173,8 @@ def crop_boxes(landmarks: np.ndarray,  # [T, L, 3] pixels
     side = min(cfg.crop_scale * extent, width, height)
     centre = (lo + hi) / 2 + np.array([0, cfg.crop_drop * side])
     if len(centre) > 1: centre = gaussian_filter1d(centre, cfg.crop_smooth_s * fps, axis=0, mode='nearest')
-    x0 = np.clip(centre[:, 0] - side / 2, 0, width - side); y0 = np.clip(centre[:, 1] - side / 2, 0, height - side)
+    x0 = np.clip(centre[:, 0] - side / 2, 0, width - side)
+    y0 = np.clip(centre[:, 1] - side / 2, 0, height - side)
     return np.stack([x0, y0, np.full_like(x0, side)], 1).astype(np.float32)
 
 def to_crop(landmarks: np.ndarray,  # [T, L, 3] full-frame pixels
@@ -170,7 +182,8 @@ def to_crop(landmarks: np.ndarray,  # [T, L, 3] full-frame pixels
             size: int) -> np.ndarray:  # [T, L, 3] crop pixels at `size`
     "Landmarks in the pixels of the resized crop (depth scaled alike)."
     s = (size / boxes[:, 2])[:, None, None]
-    out = landmarks.copy(); out[..., :2] -= boxes[:, None, :2]
+    out = landmarks.copy()
+    out[..., :2] -= boxes[:, None, :2]
     return (out * s).astype(np.float32)
 
 # %% ../../nbs/23b_face.ipynb #1e0dbf00
@@ -206,7 +219,8 @@ def similarity_fit(src: np.ndarray,  # [T, N, 3] or [N, 3]
     cov = np.swapaxes(b, -1, -2) @ a / src.shape[-2]
     U, S, Vt = np.linalg.svd(cov)
     d = np.sign(np.linalg.det(U @ Vt))
-    D = np.ones_like(S); D[..., 2] = d
+    D = np.ones_like(S)
+    D[..., 2] = d
     R = (U * D[..., None, :]) @ Vt
     s = (S * D).sum(-1) / (a ** 2).sum((-1, -2)) * src.shape[-2]
     t = md[..., 0, :] - s[..., None] * (R @ ms[..., 0, :, None])[..., 0]
@@ -217,7 +231,8 @@ _CV = np.array([1.0, -1.0, -1.0])  # head frame (y up, z towards the camera) <->
 def neutral_template(landmarks: np.ndarray,  # [T, L, 3] pixels
                      rounds: int = 3) -> np.ndarray:  # [L, 3] metres, head frame
     "The subject's median face aligned on the rigid points, centred, in metres, y up and z towards the camera."
-    rig = list(RIGID); tmpl = landmarks[0].astype(np.float64)
+    rig = list(RIGID)
+    tmpl = landmarks[0].astype(np.float64)
     for _ in range(rounds):
         s, R, t = similarity_fit(landmarks[:, rig].astype(np.float64), np.broadcast_to(tmpl[rig], landmarks[:, rig].shape))
         aligned = s[:, None, None] * landmarks @ np.swapaxes(R, 1, 2) + t[:, None]
@@ -231,10 +246,16 @@ def _translations(R: np.ndarray, template: np.ndarray, uv: np.ndarray, focal: fl
     q = template[None] @ np.swapaxes(R, 1, 2)  # [T, N, 3]
     du, dv = uv[..., 0] - c, uv[..., 1] - c
     T, N = du.shape
-    A = np.zeros((T, 2 * N, 3)); y = np.zeros((T, 2 * N))
-    A[:, :N, 0] = focal; A[:, :N, 2] = -du; y[:, :N] = du * q[..., 2] - focal * q[..., 0]
-    A[:, N:, 1] = focal; A[:, N:, 2] = -dv; y[:, N:] = dv * q[..., 2] - focal * q[..., 1]
-    AtA = np.swapaxes(A, 1, 2) @ A; Aty = (np.swapaxes(A, 1, 2) @ y[..., None])[..., 0]
+    A = np.zeros((T, 2 * N, 3))
+    y = np.zeros((T, 2 * N))
+    A[:, :N, 0] = focal
+    A[:, :N, 2] = -du
+    y[:, :N] = du * q[..., 2] - focal * q[..., 0]
+    A[:, N:, 1] = focal
+    A[:, N:, 2] = -dv
+    y[:, N:] = dv * q[..., 2] - focal * q[..., 1]
+    AtA = np.swapaxes(A, 1, 2) @ A
+    Aty = (np.swapaxes(A, 1, 2) @ y[..., None])[..., 0]
     return np.linalg.solve(AtA, Aty)
 
 def _project(R, t, X, focal, c):
@@ -244,7 +265,8 @@ def _project(R, t, X, focal, c):
 def _poses(R: np.ndarray, template: np.ndarray, lm: np.ndarray, focal: float, size: int) -> np.ndarray:  # -> [T, 4, 4]
     "World-to-camera matrices with rotations `R` and the least-squares translations for `focal`."
     rig = list(RIGID)
-    w2c = np.tile(np.eye(4), (len(R), 1, 1)); w2c[:, :3, :3] = R
+    w2c = np.tile(np.eye(4), (len(R), 1, 1))
+    w2c[:, :3, :3] = R
     w2c[:, :3, 3] = _translations(R, template[rig], lm[:, rig, :2], focal, size / 2)
     return w2c
 
@@ -275,7 +297,8 @@ def estimate_focal(lm: np.ndarray,  # [T, L, 3] crop pixels
     for f in focals:
         tmpl, w2c = refine_template(template, lm[idx], R[idx], f, size, cfg.refine_rounds)
         errs.append(reprojection_px(w2c, tmpl, lm[idx], f, size))
-    errs = np.array(errs); curve = np.stack([focals, errs], 1)
+    errs = np.array(errs)
+    curve = np.stack([focals, errs], 1)
     if (errs.max() - errs.min()) < cfg.focal_flat * errs.min():  # the video shows too little perspective to tell
         return float(0.5 * size / np.tan(np.radians(cfg.fov_default_deg) / 2)), curve, f'default {cfg.fov_default_deg:g} deg field of view'
     best = int(np.argmin(errs))
@@ -320,7 +343,8 @@ class HeadPose:
 def fit_head_pose(landmarks: np.ndarray,  # [T, L, 3] crop pixels
                   size: int, cfg: PoseConfig = PoseConfig(), fps: float = FPS) -> HeadPose:
     "Template, focal length and per-frame smoothed head pose from crop-space landmarks."
-    lm = landmarks.astype(np.float64); rig = list(RIGID)
+    lm = landmarks.astype(np.float64)
+    rig = list(RIGID)
     template = neutral_template(lm).astype(np.float64)
     s, R, t = similarity_fit(template[rig], lm[:, rig])  # R maps head axes to image axes: the camera rotation
     aligned = ((lm - t[:, None]) @ R) / s[:, None, None]  # back into the head frame
@@ -350,7 +374,8 @@ _LIPS_INNER = (13, 14)
 
 def geometry_features(aligned: np.ndarray) -> dict:  # [T, L, 3] head frame, metres -> name: [T]
     "Raw per-frame distances behind each AU (and the mouth opening), in outer-eye-distance units, y up."
-    a = aligned / EYE_DISTANCE; y = a[..., 1]
+    a = aligned / EYE_DISTANCE
+    y = a[..., 1]
     eye_open = np.mean([y[:, up] - y[:, lo] for _, _, up, lo in _EYES], 0)
     brow = np.mean([y[:, b].mean(1) - y[:, e[1]] for b, e in zip(_INNER_BROWS, _EYES)], 0)
     brow_gap = np.linalg.norm(a[:, _INNER_BROWS[0][0]] - a[:, _INNER_BROWS[1][0]], axis=-1)
@@ -366,7 +391,8 @@ def _intensity(dev: np.ndarray) -> np.ndarray:
 
 def action_units(aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [T, L, 3] -> ([T, 6], [T])
     "AU01, AU04, AU05, AU06, AU07, AU45 intensities (in `AU_NAMES` order), and the mouth opening (eye-distance units)."
-    g = geometry_features(aligned); d = {k: v - np.median(v) for k, v in g.items()}
+    g = geometry_features(aligned)
+    d = {k: v - np.median(v) for k, v in g.items()}
     eye_neutral = max(float(np.median(g['eye_open'])), 1e-6)
     closure = 1 - g['eye_open'] / eye_neutral
     aus = np.stack([

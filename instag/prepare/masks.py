@@ -46,7 +46,8 @@ def _poly(shape, points: np.ndarray) -> np.ndarray:
 def _like(colour: np.ndarray, seed: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     "Candidates whose Lab colour is within `LIKE_DISTANCE` robust deviations of the seed's (per channel)."
     if seed.sum() < 30 or not candidates.any(): return np.zeros_like(candidates)
-    ref = colour[seed]; mu = np.median(ref, 0)
+    ref = colour[seed]
+    mu = np.median(ref, 0)
     spread = np.maximum(1.4826 * np.median(np.abs(ref - mu), 0), LIKE_MIN_SPREAD)
     out = np.zeros_like(candidates)
     out[candidates] = (np.abs(colour[candidates] - mu) < LIKE_DISTANCE * spread).all(-1)
@@ -56,22 +57,28 @@ def _connected(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     "The parts of `mask` connected (8-neighbours, through `mask` or `seed`) to `seed`."
     if not mask.any(): return mask
     n, comp = cv2.connectedComponents((mask | seed).astype(np.uint8), connectivity=8)
-    keep = np.zeros(n, bool); keep[comp[seed]] = True; keep[0] = False
+    keep = np.zeros(n, bool)
+    keep[comp[seed]] = True
+    keep[0] = False
     return mask & keep[comp]
 
 def label_map(rgb: np.ndarray,  # [S, S, 3] uint8
               landmarks: np.ndarray,  # [L, 3] crop pixels
               person: np.ndarray) -> np.ndarray:  # [S, S] float person probability -> [S, S] uint8 labels
     "The `LABELS` map of one frame."
-    shape = rgb.shape[:2]; xy = landmarks[:, :2]
+    shape = rgb.shape[:2]
+    xy = landmarks[:, :2]
     is_person = person > PERSON_THRESHOLD
     face = _poly(shape, xy[list(FACE_OVAL)])
     mouth = _poly(shape, xy[list(LIPS_INNER)])
-    oval = xy[list(FACE_OVAL)]; (x0, y0), (x1, y1) = oval.min(0), oval.max(0)
+    oval = xy[list(FACE_OVAL)]
+    (x0, y0), (x1, y1) = oval.min(0), oval.max(0)
     cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
     head = np.zeros(shape, np.uint8)
     cv2.ellipse(head, (int(cx), int(cy - HEAD_RAISE * 2 * hh)), (int(HEAD_WIDTH * hw), int(HEAD_HEIGHT * hh)), 0, 0, 360, 1, -1)
-    jaw = xy[list(JAW)]; chin_y = xy[152, 1]; jaw_w = jaw[:, 0].max() - jaw[:, 0].min()
+    jaw = xy[list(JAW)]
+    chin_y = xy[152, 1]
+    jaw_w = jaw[:, 0].max() - jaw[:, 0].min()
     neck = np.zeros(shape, np.uint8)
     nx0, nx1 = int(cx - NECK_WIDTH * jaw_w / 2), int(cx + NECK_WIDTH * jaw_w / 2)
     neck_poly = np.concatenate([jaw[2:-2], [[nx1, chin_y + NECK_DEPTH * 2 * hh], [nx0, chin_y + NECK_DEPTH * 2 * hh]]])
@@ -93,7 +100,8 @@ def label_map(rgb: np.ndarray,  # [S, S, 3] uint8
     lab[face] = LABELS['face']
     lab[mouth] = LABELS['mouth']
     if mouth.any():
-        ys, xs = np.nonzero(mouth); mb = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        ys, xs = np.nonzero(mouth)
+        mb = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         hsv = cv2.cvtColor(np.ascontiguousarray(rgb[mb]), cv2.COLOR_RGB2HSV)
         skin_v = np.median(rgb[face & ~mouth].max(-1)) if (face & ~mouth).any() else 128  # HSV value of the skin
         teeth = mouth[mb] & (hsv[..., 1] < TEETH_MAX_SATURATION) & (hsv[..., 2] > TEETH_MIN_VALUE * skin_v)
@@ -126,7 +134,8 @@ HALO_THRESHOLD = 0.1
 def fill_holes(img: np.ndarray,  # [H, W, C] float
                valid: np.ndarray) -> np.ndarray:  # [H, W] bool -> [H, W, C] float32
     "Push-pull fill: pixels outside `valid` get the normalized average of the valid ones at the finest pyramid level near them."
-    img = img.astype(np.float32); w = valid.astype(np.float32)
+    img = img.astype(np.float32)
+    w = valid.astype(np.float32)
     if not valid.any(): raise ValueError('fill_holes: no valid pixel to fill from')
     levels, cur, cw = [], img * w[..., None], w
     while max(cw.shape) > 1:
@@ -139,7 +148,8 @@ def fill_holes(img: np.ndarray,  # [H, W, C] float
         up = cv2.resize(fill, (cw.shape[1], cw.shape[0]), interpolation=cv2.INTER_LINEAR).reshape(*cw.shape, -1)
         a = np.clip(cw, 0, 1)[..., None]
         fill = a * (cur / np.maximum(cw, 1e-12)[..., None]) + (1 - a) * up
-    out = img.copy(); out[~valid] = fill[~valid]
+    out = img.copy()
+    out[~valid] = fill[~valid]
     return out
 
 def _grow(mask: np.ndarray, r: int) -> np.ndarray:
@@ -170,6 +180,7 @@ def background_plate(frames: list[np.ndarray],  # K x [S, S, 3] uint8
     if not seen.any(): return np.full_like(frames[0], 255)
     return np.clip(fill_holes(np.nan_to_num(plate), seen), 0, 255).round().astype(np.uint8)
 
+# %% ../../nbs/23c_masks.ipynb #349988ec
 def _top(mask: np.ndarray, k: int) -> np.ndarray:
     "The top `k` pixels of `mask` in each column (the neck's skin just under the chin)."
     rows = np.arange(mask.shape[0])[:, None]
@@ -181,7 +192,8 @@ def matte(labels: np.ndarray,  # [S, S] uint8
           rgb: np.ndarray | None = None,  # [S, S, 3] uint8, with `plate`: background subtraction near the person
           plate: np.ndarray | None = None) -> np.ndarray:  # -> [S, S] float32 in 0..1
     "The person's alpha: 1 on and within `MATTE_GROW` of the labelled person, and where the frame differs from the plate near and connected to it; the scaled probability beyond."
-    fg = labels != LABELS['background']; S = labels.shape[0]
+    fg = labels != LABELS['background']
+    S = labels.shape[0]
     alpha = np.clip(person * MATTE_GAIN, 0, 1).astype(np.float32)
     alpha[_grow(fg, _band(S))] = 1.0
     if rgb is not None and plate is not None:
@@ -203,7 +215,8 @@ def composites(rgb: np.ndarray, labels: np.ndarray, person: np.ndarray, plate: n
     head = behind | (labels == LABELS['hair'])
     edge = _grow(body, _band(labels.shape[0])) & ~head  # the body and its matte band
     rgba = np.zeros((*labels.shape, 4), np.uint8)
-    rgba[edge, :3] = rgb[edge]; rgba[edge, 3] = (255 * alpha[edge]).round().astype(np.uint8)
+    rgba[edge, :3] = rgb[edge]
+    rgba[edge, 3] = (255 * alpha[edge]).round().astype(np.uint8)
     source = _top(neck, max(2, round(NECK_SKIN * labels.shape[0]))) if neck.sum() >= 30 else body
     if behind.any() and source.any():
         rgba[behind, :3] = np.clip(fill_holes(rgb, source)[behind], 0, 255).round().astype(np.uint8)
@@ -216,16 +229,20 @@ def mesh_triangles() -> np.ndarray:  # [F, 3] int
     "Triangles of the 468-point face mesh (from MediaPipe's tesselation edges)."
     from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
     adj: dict = {}
-    for a, b in FACEMESH_TESSELATION: adj.setdefault(a, set()).add(b); adj.setdefault(b, set()).add(a)
+    for a, b in FACEMESH_TESSELATION:
+        adj.setdefault(a, set()).add(b)
+        adj.setdefault(b, set()).add(a)
     tris = {tuple(sorted((a, b, k))) for a, b in FACEMESH_TESSELATION for k in adj[a] & adj[b]}
     return np.array(sorted(tris), np.int64)
 
 def orient_triangles(tris: np.ndarray, vertices: np.ndarray) -> np.ndarray:  # [F, 3], [V, 3] head frame
     "Wind each triangle so its normal points away from a centre behind the face (z towards the camera)."
-    v = vertices[tris]; n = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    v = vertices[tris]
+    n = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
     centre = vertices.mean(0) - np.array([0, 0, 0.08])  # about the middle of the head
     flip = (n * (v.mean(1) - centre)).sum(1) < 0
-    out = tris.copy(); out[flip] = out[flip][:, ::-1]
+    out = tris.copy()
+    out[flip] = out[flip][:, ::-1]
     return out
 
 def render_priors(points: np.ndarray,  # [V, 3] OpenCV camera frame, metres
@@ -235,14 +252,16 @@ def render_priors(points: np.ndarray,  # [V, 3] OpenCV camera frame, metres
     c = size / 2
     uv = focal * points[:, :2] / points[:, 2:3] + c
     fn = np.cross(points[tris[:, 1]] - points[tris[:, 0]], points[tris[:, 2]] - points[tris[:, 0]])
-    vn = np.zeros_like(points); np.add.at(vn, tris.reshape(-1), np.repeat(fn, 3, 0))
+    vn = np.zeros_like(points)
+    np.add.at(vn, tris.reshape(-1), np.repeat(fn, 3, 0))
     vn /= np.linalg.norm(vn, axis=1, keepdims=True) + 1e-12
     front = (fn * points[tris].mean(1)).sum(1) < 0  # facing the camera
     order = np.flatnonzero(front)[np.argsort(-points[tris[front]].mean(1)[:, 2])]  # far to near
     ids = np.full((size, size), -1, np.int32)
     corners16 = np.round(uv[tris] * 16).astype(np.int32)  # 4 fractional bits
     for f in order.tolist(): cv2.fillConvexPoly(ids, corners16[f], f, cv2.LINE_8, 4)
-    depth = np.zeros((size, size), np.float32); normal = np.zeros((size, size, 3), np.float32)
+    depth = np.zeros((size, size), np.float32)
+    normal = np.zeros((size, size, 3), np.float32)
     yy, xx = np.nonzero(ids >= 0)
     if not len(yy): return depth, normal
     # per triangle, the affine map from (u, v, 1) to its barycentric weights; then per pixel one small product
@@ -254,9 +273,11 @@ def render_priors(points: np.ndarray,  # [V, 3] OpenCV camera frame, metres
     bary = np.stack([np.array([0.0, 0.0, 1.0]) - w1 - w2, w1, w2], 1).astype(np.float32)  # [F, 3 weights, 3 coefficients]
     f = ids[yy, xx]
     p = np.stack([xx + 0.5, yy + 0.5, np.ones(len(xx))], 1).astype(np.float32)
-    w = np.clip(np.einsum('nij,nj->ni', bary[f], p), 0, 1); w /= w.sum(1, keepdims=True) + 1e-12
+    w = np.clip(np.einsum('nij,nj->ni', bary[f], p), 0, 1)
+    w /= w.sum(1, keepdims=True) + 1e-12
     t = tris[f]
     depth[yy, xx] = (w * points[t, 2]).sum(1)
-    n = np.einsum('ni,nij->nj', w, vn[t].astype(np.float32)); n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+    n = np.einsum('ni,nij->nj', w, vn[t].astype(np.float32))
+    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
     normal[yy, xx] = n
     return depth, normal

@@ -261,13 +261,33 @@ def _load_track(root: Path):
     except Exception: return None, None
 
 # %% ../../nbs/23_prepare.ipynb #78ba4667
+def _summary(info: VideoInfo, geo: Geometry, track: Track, cfg: PrepareConfig) -> dict:
+    "What metadata.json records about the source and the fit."
+    p = geo.pose
+    return dict(face_found_ratio=round(float(track.found.mean()), 4), focal=round(p.focal, 3), focal_source=p.focal_source,
+                pose_jitter_raw_deg=round(p.jitter_raw_deg, 4), pose_jitter_deg=round(p.jitter_deg, 4),
+                reprojection_px=round(p.reprojection_px, 3), source_fps=round(info.source_fps, 3), source_vfr=info.vfr,
+                source_rotation=info.rotation, source_size=[info.width, info.height], crop_side_px=round(float(geo.boxes[0, 2]), 2),
+                priors=dict(depth='OpenCV camera z, metres, 0 = no prior', normal='unit, OpenCV camera frame, facing the camera (z < 0)'))
+
+def _tool_versions() -> dict:
+    import importlib.metadata as md
+    out = {}
+    for name in ('instag', 'mediapipe', 'av', 'opencv-contrib-python', 'opencv-python', 'numpy', 'scipy'):
+        try: out[name] = md.version(name)
+        except md.PackageNotFoundError: pass
+    return out
+
+# %% ../../nbs/23_prepare.ipynb #4a6b1e02
 def prepare(video: Path | str, out: Path | str, cfg: PrepareConfig | None = None, audio: Path | str | None = None,
             overwrite: bool = False, progress: bool = True, audio_encoder: Path | str | None = 'auto') -> Path:
     "Turn `video` (and its speech, or `audio`) into a complete dataset folder `out`; returns `out`."
     from instag.prepare.speech_encoder import resolve_encoder
     audio_encoder = resolve_encoder(audio_encoder)  # auto: the shipped speech encoder when installed; none: log-mel only
-    cfg = cfg or PrepareConfig(); t0 = time.time()
-    video, out = Path(video), Path(out); audio = Path(audio) if audio else None
+    cfg = cfg or PrepareConfig()
+    t0 = time.time()
+    video, out = Path(video), Path(out)
+    audio = Path(audio) if audio else None
     if cfg.size < 64 or cfg.size % 2: raise UserError(f'--size {cfg.size}: give an even number of pixels, at least 64 (512 is the default)')
     if audio is not None and not audio.exists(): raise UserError(f'--audio {audio} does not exist: give the path of the speech file')
     info = probe_video(video)
@@ -309,23 +329,30 @@ def _prepare(info, wav, frames, out, cfg, audio, audio_encoder, finger, state, p
     t = time.time()
     track, tracked = _load_track(out) if state == 'resume' else (None, None)
     if track is None or tracked != frames:
-        track = run_tracking(info, frames, cfg, progress); _save_track(out, track, frames)
+        track = run_tracking(info, frames, cfg, progress)
+        _save_track(out, track, frames)
     else: _log('landmarks: reusing the track of the interrupted run')
     check_track(track, video.name, FPS)
-    times['landmarks'] = time.time() - t; t = time.time()
+    times['landmarks'] = time.time() - t
+    t = time.time()
     geo = run_geometry(track, cfg)
-    times['geometry'] = time.time() - t; t = time.time()
+    times['geometry'] = time.time() - t
+    t = time.time()
     crops, person = crop_frames(info, geo, cfg, progress)
-    times['frames'] = time.time() - t; t = time.time()
+    times['frames'] = time.time() - t
+    t = time.time()
     plate, labels, halo = write_frames(out, crops, person, geo, cfg, progress)
-    times['write'] = time.time() - t; t = time.time()
+    times['write'] = time.time() - t
+    t = time.time()
     split = write_tables(out, geo, track, cfg)
-    p = geo.pose; found = float(track.found.mean())
+    p = geo.pose
+    found = float(track.found.mean())
     meta.audio_features = {'mel': vars(audio_feature_info(frames))}
     if audio_encoder:
         t = time.time()
         meta.audio_features.update(write_encoder_features(out, wav, frames, audio_encoder, progress))
-        times['audio_encoder'] = time.time() - t; t = time.time()
+        times['audio_encoder'] = time.time() - t
+        t = time.time()
     meta.tools = _tool_versions()
     meta.extra.update(_summary(info, geo, track, cfg), **split,
                       halo_px_256=dict(median=round(float(np.median(halo)), 1), max=round(float(np.max(halo)), 1)))
@@ -346,30 +373,15 @@ def _prepare(info, wav, frames, out, cfg, audio, audio_encoder, finger, state, p
     _log(f'wrote {out} in {time.time() - t0:.1f} s ({", ".join(f"{k} {v:.1f} s" for k, v in times.items())})')
     return out
 
-def _summary(info: VideoInfo, geo: Geometry, track: Track, cfg: PrepareConfig) -> dict:
-    "What metadata.json records about the source and the fit."
-    p = geo.pose
-    return dict(face_found_ratio=round(float(track.found.mean()), 4), focal=round(p.focal, 3), focal_source=p.focal_source,
-                pose_jitter_raw_deg=round(p.jitter_raw_deg, 4), pose_jitter_deg=round(p.jitter_deg, 4),
-                reprojection_px=round(p.reprojection_px, 3), source_fps=round(info.source_fps, 3), source_vfr=info.vfr,
-                source_rotation=info.rotation, source_size=[info.width, info.height], crop_side_px=round(float(geo.boxes[0, 2]), 2),
-                priors=dict(depth='OpenCV camera z, metres, 0 = no prior', normal='unit, OpenCV camera frame, facing the camera (z < 0)'))
-
-def _tool_versions() -> dict:
-    import importlib.metadata as md
-    out = {}
-    for name in ('instag', 'mediapipe', 'av', 'opencv-contrib-python', 'opencv-python', 'numpy', 'scipy'):
-        try: out[name] = md.version(name)
-        except md.PackageNotFoundError: pass
-    return out
-
 # %% ../../nbs/23_prepare.ipynb #a6878d4c
 def write_encoder_features(out: Path, wav: np.ndarray, frames: int, encoder: str, progress: bool = False) -> dict:
     "Compute and save the speech encoder's features of `wav` in the dataset `out`; returns its `audio_features` entry."
     from instag.prepare.speech_encoder import ENCODER_FILES, encoder_features
     feats, info = encoder_features(wav, encoder, frames, FPS, progress=progress)
     file = ENCODER_FILES[info['kind']]
-    buf = io.BytesIO(); np.save(buf, feats); atomic_write_bytes(out / file, buf.getvalue())
+    buf = io.BytesIO()
+    np.save(buf, feats)
+    atomic_write_bytes(out / file, buf.getvalue())
     return {info['kind']: dict(file=file, shape=list(feats.shape), encoder=info['kind'], hop_s=0.02, offset_s=0.0,
                                **{k: v for k, v in info.items() if k != 'kind'})}
 
@@ -383,7 +395,8 @@ def encoder_entry_matches(entry: dict | None, encoder: str) -> bool:
 def add_encoder_features(out: Path | str, encoder: str, progress: bool = False) -> bool:
     "Give a complete dataset made without them the speech encoder's features (resumable corpora); True when written."
     from instag.prepare.speech_encoder import ENCODERS
-    out = Path(out); meta = Metadata.read(out)
+    out = Path(out)
+    meta = Metadata.read(out)
     kind = 'whisper' if encoder in ENCODERS else None
     if kind and encoder_entry_matches(meta.audio_features.get(kind), encoder): return False
     t = time.time()

@@ -32,52 +32,99 @@ def _euler_deg(w2c: np.ndarray) -> np.ndarray:  # [T, 4, 4] -> [T, 3] yaw, pitch
     flip = np.diag([1.0, -1.0, -1.0])  # camera axes -> head-frame-like axes, so the frontal pose reads (0, 0, 0)
     return Rotation.from_matrix(flip @ w2c[:, :3, :3]).as_euler('YXZ', degrees=True)
 
-def write_report(path: Path, frames: list, labels: list, geo, track, mel: np.ndarray, plate: np.ndarray, cfg) -> Path:
-    "Write the report PNG of a prepared dataset."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    T, S = len(frames), frames[0].shape[0]; pick = np.linspace(0, T - 1, 4).round().astype(int)
-    fig = plt.figure(figsize=(16, 19), dpi=64)
-    gs = fig.add_gridspec(6, 4, height_ratios=[1, 1, 1, 0.55, 0.55, 0.55])
-    p = geo.pose; t_s = np.arange(T) / FPS
+# %% ../../nbs/23d_prepare_report.ipynb #6e001688
+def _image_rows(fig, gs, frames: list, labels: list, geo, track, pick: np.ndarray) -> None:
+    "Rows 1-2: the picked frames, their landmarks and the rigid template the smoothed pose projects; their labels."
+    p, S = geo.pose, frames[0].shape[0]
     proj = _project(p.w2c[:, :3, :3], p.w2c[:, :3, 3], p.template[list(RIGID)].astype(np.float64), p.focal, S / 2)
     for c, i in enumerate(pick):
-        ax = fig.add_subplot(gs[0, c]); ax.imshow(frames[i]); ax.axis('off')
+        ax = fig.add_subplot(gs[0, c])
+        ax.imshow(frames[i])
+        ax.axis('off')
         lm = geo.landmarks[i]
         ax.scatter(lm[:, 0], lm[:, 1], s=0.6, c='lime' if track.found[i] else 'orange', linewidths=0)
         ax.scatter(proj[i, :, 0], proj[i, :, 1], s=10, facecolors='none', edgecolors='red', linewidths=0.8)
         ax.set_title(f'frame {i}' + ('' if track.found[i] else ' (interpolated)'))
-        ax = fig.add_subplot(gs[1, c]); ax.imshow(overlay_labels(frames[i], labels[i])); ax.axis('off')
+        ax = fig.add_subplot(gs[1, c])
+        ax.imshow(overlay_labels(frames[i], labels[i]))
+        ax.axis('off')
         frac = {n: (labels[i] == k).mean() for n, k in LABELS.items()}
         ax.set_title(' '.join(f'{n[:5]} {100 * v:.1f}%' for n, v in frac.items() if n != 'background'), fontsize=8)
-    tris = orient_triangles(mesh_triangles(), p.template[:468])
-    depth, normal = render_priors(posed_mesh(p, pick[0]), tris, p.focal, S)
-    ax = fig.add_subplot(gs[2, 0]); ax.imshow(plate); ax.set_title('background plate (bc.jpg)'); ax.axis('off')
-    ax = fig.add_subplot(gs[2, 1]); d = np.where(depth > 0, depth, np.nan)
-    im = ax.imshow(d, cmap='viridis'); ax.set_title(f'depth prior, frame {pick[0]} (m)'); ax.axis('off'); fig.colorbar(im, ax=ax, fraction=0.04)
-    ax = fig.add_subplot(gs[2, 2]); ax.imshow(((normal * [1, -1, -1] + 1) / 2 * (depth[..., None] > 0)).clip(0, 1))
-    ax.set_title('normal prior (camera frame)'); ax.axis('off')
-    ax = fig.add_subplot(gs[2, 3]); legend = np.zeros((len(LABEL_COLORS), 1, 3), np.uint8)
+
+def _prior_row(fig, gs, plate: np.ndarray, pose, i: int, S: int) -> None:  # S: the frame side
+    "Row 3: the background plate, the depth and normal priors of frame `i`, the label colours."
+    tris = orient_triangles(mesh_triangles(), pose.template[:468])
+    depth, normal = render_priors(posed_mesh(pose, i), tris, pose.focal, S)
+    ax = fig.add_subplot(gs[2, 0])
+    ax.imshow(plate)
+    ax.set_title('background plate (bc.jpg)')
+    ax.axis('off')
+    ax = fig.add_subplot(gs[2, 1])
+    d = np.where(depth > 0, depth, np.nan)
+    im = ax.imshow(d, cmap='viridis')
+    ax.set_title(f'depth prior, frame {i} (m)')
+    ax.axis('off')
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    ax = fig.add_subplot(gs[2, 2])
+    ax.imshow(((normal * [1, -1, -1] + 1) / 2 * (depth[..., None] > 0)).clip(0, 1))
+    ax.set_title('normal prior (camera frame)')
+    ax.axis('off')
+    ax = fig.add_subplot(gs[2, 3])
+    legend = np.zeros((len(LABEL_COLORS), 1, 3), np.uint8)
     for k, col in LABEL_COLORS.items(): legend[k, 0] = col
-    ax.imshow(legend, aspect='auto'); ax.set_yticks(range(len(LABELS))); ax.set_yticklabels(list(LABELS)); ax.set_xticks([])
+    ax.imshow(legend, aspect='auto')
+    ax.set_yticks(range(len(LABELS)))
+    ax.set_yticklabels(list(LABELS))
+    ax.set_xticks([])
     ax.set_title('labels')
-    ax = fig.add_subplot(gs[3, :2]); raw, smooth = _euler_deg(p.w2c_raw), _euler_deg(p.w2c)
+
+def _curve_rows(fig, gs, geo, track, mel: np.ndarray, T: int) -> None:  # T: frames
+    "Rows 4-6 over time: head rotation and translation, action units, mouth opening, the log-mel features."
+    p = geo.pose
+    t_s = np.arange(T) / FPS
+    ax = fig.add_subplot(gs[3, :2])
+    raw, smooth = _euler_deg(p.w2c_raw), _euler_deg(p.w2c)
     for k, (name, col) in enumerate(zip(('yaw', 'pitch', 'roll'), ('C0', 'C1', 'C2'))):
         ax.plot(t_s, raw[:, k] - np.median(raw[:, k]), col, lw=0.6, alpha=0.6)
         ax.plot(t_s, smooth[:, k] - np.median(smooth[:, k]), col, lw=1.6, label=name)
     ax.set_title(f'head rotation about its median (deg); jitter {p.jitter_raw_deg:.3f} -> {p.jitter_deg:.3f} deg/frame')
-    ax.legend(loc='upper right'); ax.set_xlabel('s')
+    ax.legend(loc='upper right')
+    ax.set_xlabel('s')
     ax = fig.add_subplot(gs[3, 2:])
     for k, name in enumerate('xyz'): ax.plot(t_s, 100 * (p.w2c[:, k, 3] - np.median(p.w2c[:, k, 3])), label=f't{name}')
-    ax.set_title(f'head translation about its median (cm); focal {p.focal:.0f} px'); ax.legend(loc='upper right')
+    ax.set_title(f'head translation about its median (cm); focal {p.focal:.0f} px')
+    ax.legend(loc='upper right')
     ax = fig.add_subplot(gs[4, :2])
     for k, name in enumerate(AU_NAMES): ax.plot(t_s, geo.aus[:, k], lw=1, label=name)
-    ax.legend(loc='upper right', ncol=6, fontsize=8); ax.set_title('action units (per-video normalised)')
-    ax = fig.add_subplot(gs[4, 2:]); ax.plot(t_s, geo.mouth, 'k', lw=1); ax.set_title('mouth opening (outer-eye-distance units)')
-    ax2 = ax.twinx(); ax2.plot(t_s, track.found.astype(float), 'r', lw=0.8, alpha=0.5); ax2.set_ylim(-0.1, 1.1); ax2.set_ylabel('face found', color='r')
+    ax.legend(loc='upper right', ncol=6, fontsize=8)
+    ax.set_title('action units (per-video normalised)')
+    ax = fig.add_subplot(gs[4, 2:])
+    ax.plot(t_s, geo.mouth, 'k', lw=1)
+    ax.set_title('mouth opening (outer-eye-distance units)')
+    ax2 = ax.twinx()
+    ax2.plot(t_s, track.found.astype(float), 'r', lw=0.8, alpha=0.5)
+    ax2.set_ylim(-0.1, 1.1)
+    ax2.set_ylabel('face found', color='r')
     ax = fig.add_subplot(gs[5, :])
     ax.imshow(mel[:, mel.shape[1] // 2].T, aspect='auto', origin='lower', cmap='magma', extent=(0, T / FPS, 0, mel.shape[2]))
-    ax.set_title('log-mel at each frame (centre of its window)'); ax.set_xlabel('s'); ax.set_ylabel('mel band')
+    ax.set_title('log-mel at each frame (centre of its window)')
+    ax.set_xlabel('s')
+    ax.set_ylabel('mel band')
+
+def write_report(path: Path, frames: list, labels: list, geo, track, mel: np.ndarray, plate: np.ndarray, cfg) -> Path:
+    "Write the report PNG of a prepared dataset."
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    T, S = len(frames), frames[0].shape[0]
+    pick = np.linspace(0, T - 1, 4).round().astype(int)
+    fig = plt.figure(figsize=(16, 19), dpi=64)
+    gs = fig.add_gridspec(6, 4, height_ratios=[1, 1, 1, 0.55, 0.55, 0.55])
+    _image_rows(fig, gs, frames, labels, geo, track, pick)
+    _prior_row(fig, gs, plate, geo.pose, pick[0], S)
+    _curve_rows(fig, gs, geo, track, mel, T)
     fig.suptitle(f'{path.parent.name}: {T} frames, {S}x{S}, face found {100 * track.found.mean():.1f}%', fontsize=14)
-    fig.tight_layout(); fig.savefig(path); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
     return path

@@ -159,7 +159,8 @@ def whisper_features(wav: np.ndarray,                  # [S] float mono at 16 kH
     import ctranslate2
     from tqdm.auto import tqdm
     mel = whisper_log_mel(np.asarray(wav, np.float32))           # [80, S / 160], floored once for the whole clip
-    n = int(round(context_s * 100)); n -= n % 4                  # mel frames per window (4: two rows of the conv stride)
+    n = int(round(context_s * 100))
+    n -= n % 4                  # mel frames per window (4: two rows of the conv stride)
     pad = np.full((WHISPER_MELS, n), mel.max() - 2.0 if mel.size else -1.5, np.float32)  # silence, as Whisper's own padding
     mel = np.concatenate([pad, mel, pad], 1)
     starts = [n + int(round(t * 100 / fps)) - n // 2 for t in range(frames)]  # the frame's first mel frame at the centre

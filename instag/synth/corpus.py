@@ -30,8 +30,8 @@ from .pose import pose_head, head_rotvec
 __all__ = ['CAMERA', 'FOREGROUND_ALPHA', 'PARSING_REGION', 'PARSING_LUT', 'MAX_SIZE', 'MAX_IDENTITIES', 'SynthConfig',
            'expression_tracks', 'head_pose_track', 'world_camera', 'head_c2w', 'background_plate', 'Identity',
            'identity_rng', 'make_identity', 'FrameRender', 'render_raw', 'finish_frame', 'render_frame',
-           'render_torso_layer', 'save_npz', 'write_frame', 'identity_scene', 'write_identity', 'synthesize',
-           'check_synth_args', 'main_synth', 'contact_sheet']
+           'render_torso_layer', 'save_npz', 'write_frame', 'check_synth_args', 'main_synth', 'identity_scene',
+           'write_identity', 'synthesize', 'contact_sheet']
 
 # %% ../../nbs/32_synth.ipynb #dc03e706
 @dataclass
@@ -109,8 +109,10 @@ def head_c2w(V: torch.Tensor, pose: np.ndarray) -> np.ndarray:  # [T, 4, 4] Open
     from scipy.spatial.transform import Rotation
     out = []
     for p in np.asarray(pose, np.float64):
-        H = np.eye(4); R = Rotation.from_rotvec(head_rotvec(*p[:3])).as_matrix()
-        H[:3, :3] = R; H[:3, 3] = np.asarray(NECK_PIVOT) - R @ np.asarray(NECK_PIVOT) + p[3:6]  # head -> world
+        H = np.eye(4)
+        R = Rotation.from_rotvec(head_rotvec(*p[:3])).as_matrix()
+        H[:3, :3] = R
+        H[:3, 3] = np.asarray(NECK_PIVOT) - R @ np.asarray(NECK_PIVOT) + p[3:6]  # head -> world
         out.append(opencv_w2c_to_opengl_c2w(V.double() @ torch.from_numpy(H)).numpy())
     return np.stack(out)
 
@@ -213,12 +215,15 @@ def save_npz(path: Path, **arrays) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, 'w', zipfile.ZIP_STORED) as z:
         for name, a in arrays.items():
-            member = io.BytesIO(); np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
             z.writestr(zipfile.ZipInfo(f'{name}.npy', date_time=_fixed_date()), member.getvalue())
     atomic_write_bytes(path, buf.getvalue())
 
 def _png(img: np.ndarray) -> bytes:
-    b = io.BytesIO(); Image.fromarray(img).save(b, format='PNG', compress_level=1); return b.getvalue()
+    b = io.BytesIO()
+    Image.fromarray(img).save(b, format='PNG', compress_level=1)
+    return b.getvalue()
 
 # official parsing colour of each of our labels (teeth are inside the mouth there; `teeth_mask/` tells them apart)
 PARSING_REGION = dict(background='background', face='head', hair='hair', mouth='mouth', teeth='mouth', neck='neck', torso='torso')
@@ -227,7 +232,9 @@ PARSING_LUT = np.array([PARSING_COLORS[PARSING_REGION[name]] for name in sorted(
 def write_frame(root: Path, i: int, fr: FrameRender, plate: np.ndarray, torso_png: bytes, quality: int = 95) -> np.ndarray:
     "Write every per-frame file of frame `i`; returns the composited frame `[H, W, 3]` uint8."
     img = (np.clip(fr.rgb + (1 - fr.alpha[..., None]) * (plate / 255.0), 0, 1) * 255).round().astype(np.uint8)
-    b = io.BytesIO(); Image.fromarray(img).save(b, format='JPEG', quality=quality); jpg = b.getvalue()
+    b = io.BytesIO()
+    Image.fromarray(img).save(b, format='JPEG', quality=quality)
+    jpg = b.getvalue()
     (root / 'ori_imgs' / f'{i}.jpg').write_bytes(jpg)
     (root / 'gt_imgs' / f'{i}.jpg').write_bytes(jpg)  # the plate is the true background: both are the same image
     (root / 'torso_imgs' / f'{i}.png').write_bytes(torso_png)
@@ -251,7 +258,8 @@ def _prepare_folder(root: Path) -> None:
         meta = root / 'metadata.json'
         if not (meta.exists() and json.loads(meta.read_text()).get('source') == 'synthetic'):
             raise UserError(f'{root} exists and is not a synthetic dataset: choose another --out or remove it')
-        import shutil; shutil.rmtree(root)
+        import shutil
+        shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     Metadata(fps=FPS, width=0, height=0, frames=0, source='synthetic', created='%04d-%02d-%02dT%02d:%02d:%02d' % _fixed_date(),
              complete=False).write(root)  # marks the folder as ours at once, so an interrupted run can be redone
@@ -263,11 +271,14 @@ def _whole_clip_files(root: Path, ident: Identity, c2w: np.ndarray, focal: float
     T = ident.frames
     write_wav(root / 'aud.wav', ident.wav)
     mel = log_mel_windows(ident.wav, SAMPLE_RATE, FPS, T)
-    (root / 'instag').mkdir(exist_ok=True); np.save(root / 'instag' / 'aud_mel.npy', mel)
+    (root / 'instag').mkdir(exist_ok=True)
+    np.save(root / 'instag' / 'aud_mel.npy', mel)
     write_au_csv(root, ident.motion['aus'])
     write_transforms(root, 'train', c2w[:n_train], focal, size / 2, size / 2, list(range(n_train)))
     write_transforms(root, 'val', c2w[n_train:], focal, size / 2, size / 2, list(range(n_train, T)))
-    b = io.BytesIO(); Image.fromarray(plate).save(b, format='JPEG', quality=95); (root / 'bc.jpg').write_bytes(b.getvalue())
+    b = io.BytesIO()
+    Image.fromarray(plate).save(b, format='JPEG', quality=95)
+    (root / 'bc.jpg').write_bytes(b.getvalue())
     tl = ident.timeline
     phones = np.array([tl.at(i / FPS) for i in range(T)])
     save_npz(root / 'instag' / 'motion_gt.npz', jaw=ident.motion['jaw'], rounding=ident.motion['rounding'],
@@ -280,6 +291,44 @@ def _whole_clip_files(root: Path, ident: Identity, c2w: np.ndarray, focal: float
     return mel.shape
 
 # %% ../../nbs/32_synth.ipynb #1d0354aa
+MAX_SIZE = 2048  # px: a 2048 x 2048 corpus already holds ~12 MB per frame in flight
+MAX_IDENTITIES = 100  # folders id00..id99 sort in order; pre-training uses a handful (the paper: 5)
+
+def check_synth_args(identities: int, seconds: float, size: int, detail: float, out: Path) -> None:
+    "Refuse, before any work, options that cannot make a corpus (one line each, naming the fix)."
+    if not 1 <= identities <= MAX_IDENTITIES:
+        raise UserError(f'--identities {identities}: give 1 to {MAX_IDENTITIES} (each is a folder of {seconds:g} s of frames)')
+    if not (math.isfinite(seconds) and seconds >= 1): raise UserError(f'--seconds {seconds}: give a finite number of seconds, at least 1')
+    if size > MAX_SIZE:
+        gb = size * size * 4 * 16 / 2**30  # float32 image, alpha, depth, normals, features and labels of one frame, roughly
+        raise UserError(f'--size {size}: one frame would need about {gb:.0f} GB in flight; give at most {MAX_SIZE} (the paper: 512)')
+    if size < 32 or size % 2: raise UserError(f'--size {size}: give an even frame size between 32 and {MAX_SIZE} (h264 needs even sizes)')
+    if not (math.isfinite(detail) and detail > 0): raise UserError(f'--detail {detail}: give a positive Gaussian count scale (1 is the default)')
+    if out.exists() and not out.is_dir(): raise UserError(f'--out {out} is a file: give a folder for the corpus')
+
+def main_synth(argv: list[str]) -> int:
+    "`instag synth`: generate synthetic talking-head datasets with known ground truth."
+    p = argparse.ArgumentParser(prog='instag synth', description='Generate synthetic talking-head datasets (one folder per identity) with known ground truth.')
+    d = SynthConfig()
+    p.add_argument('--identities', type=int, default=d.identities, help=f'number of identities (1 to {MAX_IDENTITIES})')
+    p.add_argument('--seconds', type=float, default=d.seconds, help='seconds of speech per identity')
+    p.add_argument('--size', type=int, default=d.size, help='frame size in pixels (square)')
+    p.add_argument('--seed', type=int, default=d.seed, help='random seed: the same seed gives the same files')
+    p.add_argument('--out', default=d.out, help='corpus folder (identities go to OUT/id00, OUT/id01, ...)')
+    p.add_argument('--detail', type=float, default=d.detail, help='Gaussian count scale of the heads')
+    p.add_argument('--workers', type=int, default=d.workers, help='threads writing frame files')
+    p.add_argument('--no-video', action='store_true', help='skip synth.mp4')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    a = p.parse_args(argv)
+    check_synth_args(a.identities, a.seconds, a.size, a.detail, Path(a.out))
+    t = time.time()
+    folders = synthesize(a.identities, a.seconds, a.size, a.seed, a.out, progress=not a.quiet, detail=a.detail,
+                         workers=a.workers, video=not a.no_video)
+    for f in folders: print(f)
+    print(f'instag synth: {len(folders)} identities x {a.seconds:g} s at {a.size}x{a.size} in {time.time() - t:.1f} s', flush=True)
+    return 0
+
+# %% ../../nbs/32_synth.ipynb #dc95c073
 from contextlib import contextmanager
 
 def identity_scene(ident: Identity, seed: int, size: int, detail: float = 1.0) -> tuple:
@@ -290,7 +339,8 @@ def identity_scene(ident: Identity, seed: int, size: int, detail: float = 1.0) -
 @contextmanager
 def _torch_threads(n: int):
     "Run a block with `n` torch intra-op threads."
-    old = torch.get_num_threads(); torch.set_num_threads(n)
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(old)
 
@@ -338,7 +388,8 @@ def synthesize(identities: int = 6, seconds: float = 20.0, size: int = 256, seed
     cfg = SynthConfig.from_dict(dict(identities=identities, seconds=seconds, size=size, seed=seed, out=str(out), **options))
     if cfg.identities < 1 or cfg.seconds <= 0 or cfg.size < 16:
         raise UserError(f'need at least 1 identity, positive seconds and size >= 16 (got {cfg.identities}, {cfg.seconds}, {cfg.size})')
-    out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     folders, index = [], []
     for k in range(cfg.identities):
         ident = make_identity(cfg.seed, k, cfg.seconds, cfg.fps)
@@ -347,43 +398,6 @@ def synthesize(identities: int = 6, seconds: float = 20.0, size: int = 256, seed
                           hair=ident.shape.hair_style, frames=ident.frames))
     atomic_write_bytes(out / 'corpus.json', (json.dumps(dict(config=cfg.to_dict(), identities=index), indent=1) + '\n').encode())
     return folders
-
-MAX_SIZE = 2048  # px: a 2048 x 2048 corpus already holds ~12 MB per frame in flight
-MAX_IDENTITIES = 100  # folders id00..id99 sort in order; pre-training uses a handful (the paper: 5)
-
-def check_synth_args(identities: int, seconds: float, size: int, detail: float, out: Path) -> None:
-    "Refuse, before any work, options that cannot make a corpus (one line each, naming the fix)."
-    if not 1 <= identities <= MAX_IDENTITIES:
-        raise UserError(f'--identities {identities}: give 1 to {MAX_IDENTITIES} (each is a folder of {seconds:g} s of frames)')
-    if not (math.isfinite(seconds) and seconds >= 1): raise UserError(f'--seconds {seconds}: give a finite number of seconds, at least 1')
-    if size > MAX_SIZE:
-        gb = size * size * 4 * 16 / 2**30  # float32 image, alpha, depth, normals, features and labels of one frame, roughly
-        raise UserError(f'--size {size}: one frame would need about {gb:.0f} GB in flight; give at most {MAX_SIZE} (the paper: 512)')
-    if size < 32 or size % 2: raise UserError(f'--size {size}: give an even frame size between 32 and {MAX_SIZE} (h264 needs even sizes)')
-    if not (math.isfinite(detail) and detail > 0): raise UserError(f'--detail {detail}: give a positive Gaussian count scale (1 is the default)')
-    if out.exists() and not out.is_dir(): raise UserError(f'--out {out} is a file: give a folder for the corpus')
-
-def main_synth(argv: list[str]) -> int:
-    "`instag synth`: generate synthetic talking-head datasets with known ground truth."
-    p = argparse.ArgumentParser(prog='instag synth', description='Generate synthetic talking-head datasets (one folder per identity) with known ground truth.')
-    d = SynthConfig()
-    p.add_argument('--identities', type=int, default=d.identities, help=f'number of identities (1 to {MAX_IDENTITIES})')
-    p.add_argument('--seconds', type=float, default=d.seconds, help='seconds of speech per identity')
-    p.add_argument('--size', type=int, default=d.size, help='frame size in pixels (square)')
-    p.add_argument('--seed', type=int, default=d.seed, help='random seed: the same seed gives the same files')
-    p.add_argument('--out', default=d.out, help='corpus folder (identities go to OUT/id00, OUT/id01, ...)')
-    p.add_argument('--detail', type=float, default=d.detail, help='Gaussian count scale of the heads')
-    p.add_argument('--workers', type=int, default=d.workers, help='threads writing frame files')
-    p.add_argument('--no-video', action='store_true', help='skip synth.mp4')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
-    a = p.parse_args(argv)
-    check_synth_args(a.identities, a.seconds, a.size, a.detail, Path(a.out))
-    t = time.time()
-    folders = synthesize(a.identities, a.seconds, a.size, a.seed, a.out, progress=not a.quiet, detail=a.detail,
-                         workers=a.workers, video=not a.no_video)
-    for f in folders: print(f)
-    print(f'instag synth: {len(folders)} identities x {a.seconds:g} s at {a.size}x{a.size} in {time.time() - t:.1f} s', flush=True)
-    return 0
 
 # %% ../../nbs/32_synth.ipynb #c8ce30e5
 def contact_sheet(identities: int = 6, seed: int = 0, size: int = 160, detail: float = 1.0) -> np.ndarray:  # [2*size, K*size, 3] uint8

@@ -75,7 +75,9 @@ def random_shape(rng: np.random.Generator, index: int = 0) -> HeadShape:
 def fibonacci_sphere(n: int) -> np.ndarray:  # [n, 3] unit vectors, evenly spread
     "Deterministic, nearly uniform directions on the unit sphere."
     i = np.arange(n) + 0.5
-    y = 1 - 2 * i / n; r = np.sqrt(1 - y * y); phi = i * math.pi * (3 - math.sqrt(5))
+    y = 1 - 2 * i / n
+    r = np.sqrt(1 - y * y)
+    phi = i * math.pi * (3 - math.sqrt(5))
     return np.stack([r * np.sin(phi), y, r * np.cos(phi)], -1)
 
 def frame_quats(normals: np.ndarray, tangents: np.ndarray | None = None) -> np.ndarray:  # [N, 4] wxyz
@@ -89,7 +91,8 @@ def frame_quats(normals: np.ndarray, tangents: np.ndarray | None = None) -> np.n
     q = np.stack([w, (R[:, 2, 1] - R[:, 1, 2]) / (4 * w), (R[:, 0, 2] - R[:, 2, 0]) / (4 * w), (R[:, 1, 0] - R[:, 0, 1]) / (4 * w)], -1)
     bad = w < 1e-3  # rotations near 180 degrees: take the robust branch
     if bad.any():
-        Rb = R[bad]; x = np.sqrt(np.maximum(1 + Rb[:, 0, 0] - Rb[:, 1, 1] - Rb[:, 2, 2], 1e-12)) / 2
+        Rb = R[bad]
+        x = np.sqrt(np.maximum(1 + Rb[:, 0, 0] - Rb[:, 1, 1] - Rb[:, 2, 2], 1e-12)) / 2
         q[bad] = np.stack([(Rb[:, 2, 1] - Rb[:, 1, 2]) / (4 * x), x, (Rb[:, 0, 1] + Rb[:, 1, 0]) / (4 * x), (Rb[:, 0, 2] + Rb[:, 2, 0]) / (4 * x)], -1)
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
 
@@ -134,7 +137,8 @@ def skull_point(shape: HeadShape, d: np.ndarray) -> np.ndarray:  # [N, 3] unit -
 def skull_normals(shape: HeadShape, d: np.ndarray, eps: float = 1e-3) -> np.ndarray:  # [N, 3]
     "Outward normals of the skull by finite differences along two tangents of the sphere."
     a = np.cross(d, np.where(np.abs(d[:, 1:2]) < 0.9, [[0.0, 1.0, 0.0]], [[1.0, 0.0, 0.0]]))
-    a /= np.linalg.norm(a, axis=-1, keepdims=True); b = np.cross(d, a)
+    a /= np.linalg.norm(a, axis=-1, keepdims=True)
+    b = np.cross(d, a)
     f = lambda v: skull_point(shape, v / np.linalg.norm(v, axis=-1, keepdims=True))
     n = np.cross(f(d + eps * a) - f(d - eps * a), f(d + eps * b) - f(d - eps * b))
     n /= np.linalg.norm(n, axis=-1, keepdims=True)
@@ -166,7 +170,9 @@ def hair_covers(shape: HeadShape, d: np.ndarray, margin: float = 0.0) -> np.ndar
     return d[:, 1] > h + margin
 
 # %% ../../nbs/31_synth_head.ipynb #0e2addbb
-def _smoothstep(x): x = np.clip(x, 0, 1); return x * x * (3 - 2 * x)
+def _smoothstep(x):
+    x = np.clip(x, 0, 1)
+    return x * x * (3 - 2 * x)
 
 def _lip_heights(shape: HeadShape, u):
     "Upper and lower lip heights across the mouth (`u` in [-1, 1]), with a cupid's bow on the upper lip."
@@ -216,26 +222,31 @@ def _skin(b: _Builder, shape: HeadShape, n: int, rng):
 
 def _ears(b: _Builder, shape: HeadShape, n: int):
     rx = shape.radii[0]
-    d = fibonacci_sphere(n); d = d[np.abs(d[:, 0]) > 0.0]
+    d = fibonacci_sphere(n)
+    d = d[np.abs(d[:, 0]) > 0.0]
     for sx in (-1, 1):
         c = np.array([sx * rx * 0.96, -0.004, -0.01])
         r = np.array([0.009, 0.026, 0.015])
         keep = d[:, 0] * sx > -0.2
-        p, nrm = c + d[keep] * r, d[keep] / r; nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
+        p, nrm = c + d[keep] * r, d[keep] / r
+        nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
         inner = np.exp(-(((d[keep, 1]) / 0.5) ** 2 + (d[keep, 2] / 0.5) ** 2)) * (d[keep, 0] * sx > 0.5)
         albedo = np.asarray(shape.skin) * (0.97 - 0.25 * inner[:, None]) * np.array([1.0, 0.95, 0.95])
         b.add(p, nrm, 0.0022, shade(albedo, nrm), LABELS['face'])
 
 def _nose(b: _Builder, shape: HeadShape, n: int):
     nw, nl, npr = shape.nose
-    d = fibonacci_sphere(n); d = d[d[:, 2] > -0.1]
+    d = fibonacci_sphere(n)
+    d = d[d[:, 2] > -0.1]
     y0 = -0.006
     bridge_c = np.array([0.0, y0 - nl * 0.25, face_z(shape, 0.0, y0 - nl * 0.25) - npr * 0.35])
     bridge_r = np.array([nw * 0.55, nl * 0.55, npr * 0.85])
     tip_c = np.array([0.0, y0 - nl * 0.8, face_z(shape, 0.0, y0 - nl * 0.8) + npr * 0.25])
     tip_r = np.array([nw, nl * 0.28, npr * 0.5])
     for c, r, k in ((bridge_c, bridge_r, 0.8), (tip_c, tip_r, 0.6)):
-        p = c + d * r; nrm = d / r; nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
+        p = c + d * r
+        nrm = d / r
+        nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
         albedo = np.tile(np.asarray(shape.skin) * np.array([1.0, 0.96, 0.95]), (len(p), 1))
         if k == 0.6:  # nostrils: dark spots on the underside of the tip
             for sx in (-1, 1):
@@ -266,11 +277,14 @@ def _eyes(b: _Builder, shape: HeadShape, n: int):
     for sx in (-1, 1):
         x = sx * shape.eye_spacing
         c = np.array([x, y, face_z(shape, x, y) - 0.5 * r])
-        d = fibonacci_sphere(n); d = d[d[:, 2] > 0.15]
-        gaze = np.array([-sx * 0.06, -0.05, 1.0]); gaze /= np.linalg.norm(gaze)
+        d = fibonacci_sphere(n)
+        d = d[d[:, 2] > 0.15]
+        gaze = np.array([-sx * 0.06, -0.05, 1.0])
+        gaze /= np.linalg.norm(gaze)
         cosg = d @ gaze
         albedo = np.tile([0.93, 0.91, 0.88], (len(d), 1)) * (0.75 + 0.25 * d[:, 2:3])
-        iris = cosg > math.cos(0.47); pupil = cosg > math.cos(0.2)
+        iris = cosg > math.cos(0.47)
+        pupil = cosg > math.cos(0.2)
         albedo[iris] = np.asarray(shape.iris) * (0.8 + 0.4 * (cosg[iris, None] - math.cos(0.47)) / (1 - math.cos(0.47)))
         albedo[pupil] = 0.03
         glint = ((d[:, 0] - gaze[0] + 0.12) ** 2 + (d[:, 1] - gaze[1] - 0.14) ** 2) < 0.07 ** 2
@@ -278,7 +292,8 @@ def _eyes(b: _Builder, shape: HeadShape, n: int):
         b.add(c + r * d, d, 0.11 * r, albedo, LABELS['face'])
         # lids: upper and lower bands on a sphere 12% larger
         for upper, m in ((True, n // 2), (False, n // 4)):
-            k = int(math.sqrt(m * 3)); j = max(m // k, 2)
+            k = int(math.sqrt(m * 3))
+            j = max(m // k, 2)
             alpha, s = np.meshgrid(np.linspace(-1.45, 1.45, k), np.linspace(0, 1, j))
             alpha, s = alpha.ravel(), s.ravel()
             up = np.full(len(s), upper)
@@ -310,13 +325,15 @@ def _mouth(b: _Builder, shape: HeadShape, n: int):
     w, zm = shape.lip_width, float(face_z(shape, 0.0, MOUTH_Y))
     for upper in (True, False):
         k, j = int(math.sqrt(n * 6)), max(int(math.sqrt(n / 6)), 3)
-        u, v = np.meshgrid(np.linspace(-1, 1, k), np.linspace(0, 1, j)); u, v = u.ravel(), v.ravel()
+        u, v = np.meshgrid(np.linspace(-1, 1, k), np.linspace(0, 1, j))
+        u, v = u.ravel(), v.ravel()
         up, lo = _lip_heights(shape, u)
         x = u * w
         y = MOUTH_Y + v * up if upper else MOUTH_Y - v * lo
         bulge = (0.0025 if upper else 0.0035) * np.sin(math.pi * np.clip(v * 1.2, 0, 1)) * (1 - u ** 2) ** 0.5
         z = face_z(shape, x, y) + 0.0012 + bulge
-        nrm = face_normal(shape, x, y); nrm[:, 1] += (1.2 if upper else -1.2) * (0.5 - v) * (1 - u ** 2)
+        nrm = face_normal(shape, x, y)
+        nrm[:, 1] += (1.2 if upper else -1.2) * (0.5 - v) * (1 - u ** 2)
         nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
         albedo = np.asarray(shape.lips) * (0.55 + 0.45 * _smoothstep(v / 0.35))[:, None]
         size = 1.1 * w * 2 / k
@@ -326,7 +343,8 @@ def _mouth(b: _Builder, shape: HeadShape, n: int):
     rt = 0.92 * w
     zc = zm - 0.0045 - 0.65 * rt
     for upper in (True, False):
-        phi, h = np.meshgrid(np.linspace(-1.05, 1.05, n // 12), np.linspace(0, 1, 5)); phi, h = phi.ravel(), h.ravel()
+        phi, h = np.meshgrid(np.linspace(-1.05, 1.05, n // 12), np.linspace(0, 1, 5))
+        phi, h = phi.ravel(), h.ravel()
         x, z = rt * np.sin(phi) * 0.95, zc + 0.65 * rt * np.cos(phi)
         y = MOUTH_Y + (0.0007 + h * 0.0075 if upper else -0.0007 - h * 0.0065)
         nrm = np.stack([np.sin(phi), np.zeros_like(phi), np.cos(phi)], -1)
@@ -334,16 +352,20 @@ def _mouth(b: _Builder, shape: HeadShape, n: int):
         albedo = np.tile([0.94, 0.92, 0.85], (len(x), 1)) * (1 - 0.25 * gap[:, None]) * (0.7 + 0.3 * np.cos(phi)[:, None])
         b.add(np.stack([x, y, z], -1), nrm, 0.0011, albedo, LABELS['teeth'], jaw_w=0.0 if upper else 1.0)
     # cavity: back half of an ellipsoid, seen from inside
-    d = fibonacci_sphere(n); d = d[d[:, 2] < 0.35]
+    d = fibonacci_sphere(n)
+    d = d[d[:, 2] < 0.35]
     cc, cr = np.array([0.0, MOUTH_Y - 0.004, zm - 0.022]), np.array([0.9 * w, 0.016, 0.02])
     p = cc + d * cr
     albedo = np.array([0.30, 0.07, 0.08]) * (0.35 + 0.65 * np.clip(d[:, 2:3] + 1, 0, 1) / 1.35)
     b.add(p, -d, 1.2 * math.sqrt(4 * math.pi * cr.mean() ** 2 / len(d) / 0.7), albedo, LABELS['mouth'],
           jaw_w=np.clip(0.5 - d[:, 1], 0, 1))
     # tongue: top of a flat ellipsoid on the jaw
-    d = fibonacci_sphere(n // 2); d = d[d[:, 1] > 0.0]
+    d = fibonacci_sphere(n // 2)
+    d = d[d[:, 1] > 0.0]
     tc, tr = np.array([0.0, MOUTH_Y - 0.012, zm - 0.027]), np.array([0.6 * w, 0.005, 0.014])
-    p = tc + d * tr; nrm = d / tr; nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
+    p = tc + d * tr
+    nrm = d / tr
+    nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
     size = 0.9 * math.sqrt(2 * math.pi * tr[0] * tr[2] / len(p))
     b.add(p, nrm, size, shade(np.tile([0.62, 0.26, 0.29], (len(p), 1)), nrm, 0.7), LABELS['mouth'], jaw_w=1.0)
 
@@ -351,8 +373,10 @@ def _mouth(b: _Builder, shape: HeadShape, n: int):
 def _hair(b: _Builder, shape: HeadShape, n: int, rng):
     style, colour = shape.hair_style, np.asarray(shape.hair)
     lift = dict(short=1.06, long=1.06, bob=1.07, bun=1.05, buzz=1.025, curly=1.13)[style]
-    d = fibonacci_sphere(n); d = d[hair_covers(shape, d)]
-    p = skull_point(shape, d) * lift + np.array([0, 0.004, -0.004]); nrm = skull_normals(shape, d)
+    d = fibonacci_sphere(n)
+    d = d[hair_covers(shape, d)]
+    p = skull_point(shape, d) * lift + np.array([0, 0.004, -0.004])
+    nrm = skull_normals(shape, d)
     if style == 'curly': p = p + nrm * 0.008 * np.sin(d @ rng.normal(size=(3, 3)) * 9).sum(-1, keepdims=True) / 3
     pts, nrms = [p], [nrm]
     if style in ('long', 'bob'):  # a curtain from ear level down, around the sides and back
@@ -363,10 +387,12 @@ def _hair(b: _Builder, shape: HeadShape, n: int, rng):
         y = 0.01 + t * (bottom - 0.01)
         r = lift * np.array(shape.radii)[[0, 2]] * (1.0 + 0.25 * t)[:, None]
         q = np.stack([r[:, 0] * np.sin(phi), y, r[:, 1] * np.cos(phi) - 0.004], -1)
-        pts.append(q); nrms.append(np.stack([np.sin(phi), np.zeros_like(phi), np.cos(phi)], -1))
+        pts.append(q)
+        nrms.append(np.stack([np.sin(phi), np.zeros_like(phi), np.cos(phi)], -1))
     if style == 'bun':
         dd = fibonacci_sphere(n // 6)
-        pts.append(np.array([0.0, 0.085, -0.07]) + dd * 0.032); nrms.append(dd)
+        pts.append(np.array([0.0, 0.085, -0.07]) + dd * 0.032)
+        nrms.append(dd)
     p, nrm = np.concatenate(pts), np.concatenate(nrms)
     down = np.array([0.0, -1.0, 0.0]) + 0.001 * rng.standard_normal((len(p), 3))
     strand = 0.72 + 0.28 * np.sin(np.arctan2(p[:, 0], p[:, 2]) * 55 + rng.uniform(0, 6.3, len(p)) * 0.5) + 0.12 * rng.standard_normal(len(p))
@@ -387,7 +413,9 @@ def _body(b: _Builder, shape: HeadShape, n: int, rng):
     # shoulders and chest
     d = fibonacci_sphere(n * 2)
     c, rr = np.array([0.0, -0.30, -0.02]), np.array([0.21, 0.175, 0.11])
-    p = c + d * rr; nrm = d / rr; nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
+    p = c + d * rr
+    nrm = d / rr
+    nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True)
     keep = (p[:, 1] > -0.4) & (d[:, 2] > -0.4)
     p, nrm = p[keep], nrm[keep]
     neckline = (p[:, 0] / (r * 1.55)) ** 2 + ((p[:, 1] + 0.13) / 0.05) ** 2 < 1
@@ -428,9 +456,14 @@ def build_head(shape: HeadShape, seed: int = 0, detail: float = 1.0) -> Head:
     rng = np.random.default_rng(seed)
     b = _Builder()
     cnt = {k: max(int(v * detail), 24) for k, v in DETAIL_COUNTS.items()}
-    _skin(b, shape, cnt['skin'], rng); _ears(b, shape, cnt['ears']); _nose(b, shape, cnt['nose'])
-    _eyes(b, shape, cnt['eyes']); _brows(b, shape, cnt['brows']); _mouth(b, shape, cnt['mouth'])
-    _hair(b, shape, cnt['hair'], rng); _body(b, shape, cnt['body'], rng)
+    _skin(b, shape, cnt['skin'], rng)
+    _ears(b, shape, cnt['ears'])
+    _nose(b, shape, cnt['nose'])
+    _eyes(b, shape, cnt['eyes'])
+    _brows(b, shape, cnt['brows'])
+    _mouth(b, shape, cnt['mouth'])
+    _hair(b, shape, cnt['hair'], rng)
+    _body(b, shape, cnt['body'], rng)
     cat = lambda k: np.concatenate([p[k] for p in b.parts])
     f32 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
     opac = np.clip(cat('opacities'), 1e-4, 1 - 1e-4)

@@ -15,7 +15,8 @@ __all__ = ['head_rotvec', 'pose_head']
 
 # %% ../../nbs/31a_synth_pose.ipynb #84561f63
 def _quat_mul(a: Tensor, b: Tensor) -> Tensor:  # [N, 4] x [N, 4] wxyz
-    aw, ax, ay, az = a.unbind(-1); bw, bx, by, bz = b.unbind(-1)
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
     return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
                         aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
 

@@ -109,7 +109,10 @@ def random_timeline(rng: np.random.Generator, seconds: float, rate: float = 1.0)
     t, k = durs[0], 0
     def add(p, s, ph):
         d = PHONES[p].duration * rng.uniform(0.8, 1.2) * (1.35 if s > 1 and PHONES[p].kind == 'vowel' else 1.0) / rate
-        phones.append(p); durs.append(d); stress.append(s); phrase.append(ph)
+        phones.append(p)
+        durs.append(d)
+        stress.append(s)
+        phrase.append(ph)
         return d
     while t < seconds - 0.6:
         end = min(t + rng.uniform(1.0, 3.0), seconds - 0.3)
@@ -120,13 +123,23 @@ def random_timeline(rng: np.random.Generator, seconds: float, rate: float = 1.0)
                 t += add(VOWELS[rng.integers(len(VOWELS))], s, k)
                 if rng.random() < 0.25: t += add(CODAS[rng.integers(len(CODAS))], s, k)
             if rng.random() < 0.15:  # a short pause between words
-                gap = rng.uniform(0.06, 0.12); phones.append('_'); durs.append(gap); stress.append(1.0); phrase.append(-1)
+                gap = rng.uniform(0.06, 0.12)
+                phones.append('_')
+                durs.append(gap)
+                stress.append(1.0)
+                phrase.append(-1)
                 t += gap
-        gap = rng.uniform(0.25, 0.7); phones.append('_'); durs.append(gap); stress.append(1.0); phrase.append(-1)
-        t += gap; k += 1
+        gap = rng.uniform(0.25, 0.7)
+        phones.append('_')
+        durs.append(gap)
+        stress.append(1.0)
+        phrase.append(-1)
+        t += gap
+        k += 1
     ends = np.cumsum(durs)
     keep = np.r_[0, np.nonzero(ends[:-1] < seconds)[0] + 1]  # drop phones that start after the end
-    ends = np.minimum(ends[keep], seconds); ends[-1] = seconds
+    ends = np.minimum(ends[keep], seconds)
+    ends[-1] = seconds
     starts = np.r_[0.0, ends[:-1]]
     return Timeline([phones[i] for i in keep], starts, ends, np.array(stress)[keep], np.array(phrase)[keep])
 
@@ -136,8 +149,11 @@ NOISE_BANDS = dict(high=(3500, 7500), mid=(1800, 4500), broad=(700, 7000))
 def control_tracks(timeline: Timeline, voice: Voice, seconds: float, rng: np.random.Generator) -> dict:
     "Per-millisecond tracks: `f0`, `formants [C,3]`, `voicing`, one noise amplitude per band."
     C = int(round(seconds * CONTROL_RATE))
-    f = np.zeros((C, 3)); av = np.zeros(C); noise = {b: np.zeros(C) for b in NOISE_BANDS}
-    accent = np.zeros(C); decl = np.zeros(C)
+    f = np.zeros((C, 3))
+    av = np.zeros(C)
+    noise = {b: np.zeros(C) for b in NOISE_BANDS}
+    accent = np.zeros(C)
+    decl = np.zeros(C)
     for p, s, e, st, ph in zip(timeline.phones, timeline.starts, timeline.ends, timeline.stress, timeline.phrase):
         a, b = int(s * CONTROL_RATE), max(int(e * CONTROL_RATE), int(s * CONTROL_RATE) + 1)
         phone = PHONES[p]
@@ -162,7 +178,8 @@ def control_tracks(timeline: Timeline, voice: Voice, seconds: float, rng: np.ran
 # %% ../../nbs/30_synth_audio.ipynb #0b47a132
 def _resonator(freq: float, bw: float, sr: int):
     "Klatt resonator coefficients (b, a) with unit gain at DC."
-    C = -np.exp(-2 * np.pi * bw / sr); B = 2 * np.exp(-np.pi * bw / sr) * np.cos(2 * np.pi * freq / sr)
+    C = -np.exp(-2 * np.pi * bw / sr)
+    B = 2 * np.exp(-np.pi * bw / sr) * np.cos(2 * np.pi * freq / sr)
     return np.array([1 - B - C]), np.array([1.0, -B, -C])
 
 def _glottal_source(f0: np.ndarray, sr: int, open_q: float = 0.5, close_q: float = 0.15) -> np.ndarray:

@@ -12,15 +12,15 @@ import torch
 
 from ..camera import Camera
 from ..core import UserError, notice
-from ..runs import RUN_FILES, RUN_INFO, read_run_info
+from ..runs import CONFIG, MODEL, RUN_FILES, RUN_INFO, read_run_info
 from ..sh import SH_C0
 from .viewer import Scene, Track, Viewer, check_host
 
 # %% auto #0
 __all__ = ['JAW_DROP', 'DEFORM_CACHE_FRAMES', 'LOOPBACK', 'toy_head', 'speech_rhythm', 'loudness_rhythm', 'jaw_scene',
            'orbit_cameras', 'toy_scene', 'dataset_cameras', 'synth_ground_truth_head', 'synth_scene', 'dataset_scene',
-           'run_components', 'trained_scene', 'pretrain_head', 'pretrain_scene', 'head_scene', 'run_scene',
-           'scene_from_path', 'check_serve_args', 'main_view']
+           'run_components', 'run_head', 'trained_scene', 'pretrain_head', 'head_scene', 'run_scene', 'scene_from_path',
+           'check_serve_args', 'main_view']
 
 # %% ../../nbs/60a_viewer_scenes.ipynb #b7cb5b23
 def _branch(means, colors, scale, opacity=4.0) -> dict:
@@ -33,9 +33,11 @@ def toy_head(n_gaussians: int = 20_000, # face + mouth Gaussians
              seed: int = 0) -> tuple[dict, dict]:
     "Canonical `{face, mouth}` Gaussians of the procedural head and per-Gaussian jaw weights `{face [N], mouth [M]}`."
     g = torch.Generator().manual_seed(seed)
-    n_mouth = n_gaussians // 10; n_face = n_gaussians - n_mouth
+    n_mouth = n_gaussians // 10
+    n_face = n_gaussians - n_mouth
     radii = torch.tensor([0.075, 0.1, 0.085])                      # x right, y up, z towards the default camera
-    d = torch.randn(2 * n_face, 3, generator=g); d = d / d.norm(dim=-1, keepdim=True)
+    d = torch.randn(2 * n_face, 3, generator=g)
+    d = d / d.norm(dim=-1, keepdim=True)
     d = d[d[:, 2] > -0.35][:n_face]                                 # a mask, open at the back: the mouth shows through
     means = d * radii
     x, y, z = means.unbind(-1)
@@ -60,7 +62,8 @@ JAW_DROP = 0.018  # metres the chin moves down at a fully open jaw
 
 def speech_rhythm(frames: int, fps: int = 25, seed: int = 0) -> np.ndarray:  # -> [T] in [0, 1]
     "A jaw opening that looks like talking: syllables at ~4 Hz under a slower phrase envelope."
-    rng = np.random.default_rng(seed); t = np.arange(frames) / fps
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames) / fps
     syllables = 0.5 + 0.5 * np.sin(2 * np.pi * 4.2 * t + rng.uniform(0, 6))
     phrase = np.clip(np.sin(2 * np.pi * 0.35 * t + rng.uniform(0, 6)) * 1.5 + 0.5, 0, 1)
     return (syllables * phrase).astype(np.float32)
@@ -69,7 +72,8 @@ def loudness_rhythm(audio: Path | str, fps: int = 25) -> np.ndarray:  # -> [T] i
     "Jaw opening from an audio file: RMS of each video frame's samples over its 95th percentile."
     from instag.audio import load_audio
     from instag.layout import SAMPLE_RATE
-    wav = load_audio(audio, allow_silent=True); hop = SAMPLE_RATE // fps
+    wav = load_audio(audio, allow_silent=True)
+    hop = SAMPLE_RATE // fps
     T = max(1, len(wav) // hop)
     rms = np.sqrt((wav[:T * hop].reshape(T, hop) ** 2).mean(-1))
     return np.clip(rms / max(np.percentile(rms, 95), 1e-6), 0, 1).astype(np.float32)
@@ -77,16 +81,20 @@ def loudness_rhythm(audio: Path | str, fps: int = 25) -> np.ndarray:  # -> [T] i
 def jaw_scene(canonical: dict, weights: dict, openings: dict[str, np.ndarray], cameras: list[Camera],
               audio: dict[str, Path | None] | None = None, name: str = 'head', fps: int = 25) -> Scene:
     "A `Scene` whose only motion is a jaw opening per track (`openings`: track -> [T] in [0, 1])."
-    openings = dict(openings); audio = dict(audio or {})
+    openings = dict(openings)
+    audio = dict(audio or {})
     def deform(track: str, frame: int, components: str) -> dict:
         drop = JAW_DROP * float(openings[track][frame])
         out = {}
         for b, g in canonical.items():
-            means = g['means'].clone(); means[:, 1] -= drop * weights[b]
+            means = g['means'].clone()
+            means[:, 1] -= drop * weights[b]
             out[b] = {**g, 'means': means}
         return out
     def add_track(path: Path) -> tuple[str, Track]:
-        name = Path(path).stem; openings[name] = loudness_rhythm(path, fps); audio[name] = Path(path)
+        name = Path(path).stem
+        openings[name] = loudness_rhythm(path, fps)
+        audio[name] = Path(path)
         return name, Track(len(openings[name]), Path(path))
     tracks = {k: Track(len(v), audio.get(k)) for k, v in openings.items()}
     return Scene(canonical, deform, cameras, tracks, ('ground truth',), fps, name, add_track=add_track)
@@ -107,7 +115,8 @@ def dataset_cameras(root: Path | str, max_cameras: int = 200) -> list[Camera]:
     "Training cameras of a dataset (every k-th frame's, at most `max_cameras`), at the dataset's image size."
     from instag.data import read_transforms
     from instag.layout import Metadata
-    root = Path(root); t = read_transforms(root)
+    root = Path(root)
+    t = read_transforms(root)
     meta = Metadata.read(root) if (root / 'metadata.json').exists() else None
     if meta is not None: width, height = meta.width, meta.height
     else:
@@ -156,14 +165,18 @@ def synth_scene(root: Path | str, audio: Path | str | None = None) -> Scene:
         return split(pose_head(head, float(m['jaw'][frame]), float(m['rounding'][frame]), float(m['closure'][frame]),
                                m['aus'][frame], still, asymmetry))
     def add_track(path: Path) -> tuple[str, Track]:
-        jaw = loudness_rhythm(path); T = len(jaw); zeros = np.zeros(T, np.float32)
+        jaw = loudness_rhythm(path)
+        T = len(jaw)
+        zeros = np.zeros(T, np.float32)
         deform.cache_clear()
         motions[Path(path).stem] = dict(jaw=jaw, rounding=zeros, closure=zeros, aus=np.zeros((T, 6), np.float32))
         return Path(path).stem, Track(T, Path(path))
     tracks = {'ground truth': Track(len(gt['jaw']), root / 'aud.wav' if (root / 'aud.wav').exists() else None)}
     scene = Scene(split(head.gaussians()), deform, dataset_cameras(root), tracks, ('ground truth',),
                   name=f'{root.name} (ground truth)', add_track=add_track)
-    if audio is not None: name, track = add_track(Path(audio)); scene.tracks[name] = track
+    if audio is not None:
+        name, track = add_track(Path(audio))
+        scene.tracks[name] = track
     return scene
 
 def dataset_scene(root: Path | str, audio: Path | str | None = None) -> Scene:
@@ -175,7 +188,9 @@ def dataset_scene(root: Path | str, audio: Path | str | None = None) -> Scene:
     canonical, weights = toy_head()
     openings, files = {}, {}
     for path in [root / 'aud.wav'] + ([Path(audio)] if audio else []):
-        if path.exists(): openings[path.stem] = loudness_rhythm(path); files[path.stem] = path
+        if path.exists():
+            openings[path.stem] = loudness_rhythm(path)
+            files[path.stem] = path
     if not openings: openings['rhythm'] = speech_rhythm(250)
     return jaw_scene(canonical, weights, openings, dataset_cameras(root), files, name=root.name)
 
@@ -189,32 +204,37 @@ def run_components(model) -> dict[str, tuple[str, ...] | None]:
     if len(out) > 1 and len(have) > 2: out['all parts'] = None
     return out if len(out) > 1 else {'trained': None}
 
-def trained_scene(run_dir: Path | str, audio: Path | str | None = None) -> Scene:
-    "A finished training or adaptation run's head (`instag.inference.load_run`), moved by its motion fields."
+def run_head(run_dir: Path | str, identity: int = 0):
+    "The `instag.inference.TrainedHead` of a finished run (`.name` says which): one identity of a pre-training run, else `load_run`'s."
     from instag.inference import load_run
     info = read_run_info(run_dir)
+    if info.get('job') == 'pretrain': return pretrain_head(run_dir, identity)
+    head = load_run(run_dir)
     how = f'adapted from {info["prior"].get("name")}' if info.get('job') == 'adapt' and info.get('prior') else 'trained'
-    return head_scene(load_run(run_dir), f'{Path(run_dir).name} ({how})', audio)
+    head.name = f'{Path(run_dir).name} ({how})'
+    return head
+
+def trained_scene(run_dir: Path | str, audio: Path | str | None = None, identity: int = 0) -> Scene:
+    "A finished run's head (`run_head`: training, adaptation, or one identity of a pre-training), moved by its motion fields."
+    head = run_head(run_dir, identity)
+    return head_scene(head, head.name, audio)
 
 def pretrain_head(run_dir: Path | str, identity: int = 0):
     "One identity's head of a pre-training run as an `instag.inference.TrainedHead` (its training frames loop)."
-    from instag.data import TalkingHeadDataset
+    from instag.config import plain_yaml
+    from instag.data import DataConfig, TalkingHeadDataset
     from instag.inference import TrainedHead
-    from instag.pretrain import PretrainConfig
-    from instag.pretrain_eval import load_pretrain
+    from instag.prior import load_pretrain
     model, info = load_pretrain(run_dir)
     if not 0 <= identity < len(model.heads):
         raise UserError(f'--identity {identity}: this run pre-trained identities 0..{len(model.heads) - 1} ({", ".join(model.names)})')
-    ds = TalkingHeadDataset(info['datasets'][identity], PretrainConfig.from_yaml(Path(run_dir) / 'config.yaml').data)
+    config = Path(run_dir) / CONFIG  # how the run read its frames (the `data` section of its PretrainConfig)
+    saved = (plain_yaml(config.read_text(), str(config)) if config.exists() else None) or {}
+    ds = TalkingHeadDataset(info['datasets'][identity], DataConfig.from_dict(saved.get('data'), prefix='data.'))
     test = set(info['test_ids'][identity])
     head = TrainedHead(model.heads[identity], ds, [i for i in ds.ids if i not in test], ds.audio_source, Path(run_dir))
     head.name = f'{Path(run_dir).name}: {model.names[identity]} (pre-training, identity {identity})'
     return head
-
-def pretrain_scene(run_dir: Path | str, identity: int = 0, audio: Path | str | None = None) -> Scene:
-    "One identity's head of a pre-training run: universal only, or universal + its personalized fields."
-    head = pretrain_head(run_dir, identity)
-    return head_scene(head, head.name, audio)
 
 def head_scene(head, name: str, audio: Path | str | None = None) -> Scene:
     "The scene of an `instag.inference.TrainedHead`: its motion parts as the deformation choices, plate and dilation as rendered."
@@ -225,23 +245,26 @@ def head_scene(head, name: str, audio: Path | str | None = None) -> Scene:
     def deform(track: str, frame: int, name: str) -> dict:
         return head.deform(frame, features[track], components[name]).gaussians
     def add_track(path: Path) -> tuple[str, Track]:
-        feats = head.features(load_audio(path)); features[Path(path).stem] = feats
+        feats = head.features(load_audio(path))
+        features[Path(path).stem] = feats
         return Path(path).stem, Track(len(feats), Path(path))
     tracks = {'training audio': Track(len(head.frames), head.ds.root / 'aud.wav')}
     scene = Scene(canonical, deform, dataset_cameras(head.ds.root), tracks, tuple(components), head.fps,
                   name=name, add_track=add_track,
                   background=lambda track, frame, camera: head.background(frame, camera), dilate_mouth=True,
                   sh_degree={b: head.model.branch(b).cfg.sh_degree for b in canonical})
-    if audio is not None: name, track = add_track(Path(audio)); scene.tracks[name] = track
+    if audio is not None:
+        name, track = add_track(Path(audio))
+        scene.tracks[name] = track
     return scene
 
 def _run_dataset(run_dir: Path) -> Path | None:
     "The dataset a run trains on: `run.json`'s `dataset` (instag train), else `config.yaml`'s `dataset` or `data: {root}`."
     c = {}
     if (run_dir / RUN_INFO).exists(): c = read_run_info(run_dir)
-    elif (run_dir / 'config.yaml').exists():
+    elif (run_dir / CONFIG).exists():
         import yaml
-        c = yaml.safe_load((run_dir / 'config.yaml').read_text()) or {}
+        c = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
     for v in (c.get('dataset'), c.get('data__root'), c.get('data')):
         if isinstance(v, dict): v = v.get('root')
         if isinstance(v, str) and Path(v).is_dir(): return Path(v)
@@ -250,16 +273,16 @@ def _run_dataset(run_dir: Path) -> Path | None:
 def run_scene(run_dir: Path | str, audio: Path | str | None = None, identity: int = 0) -> Scene:
     "The viewer's scene for a run directory: its trained head when it has one, else its dataset's ground truth."
     run_dir = Path(run_dir)
-    if (run_dir / 'model.pt').exists() and read_run_info(run_dir).get('job') == 'pretrain':
-        scene = pretrain_scene(run_dir, identity, audio)
-    elif (run_dir / 'model.pt').exists(): scene = trained_scene(run_dir, audio)
+    if (run_dir / MODEL).exists(): scene = trained_scene(run_dir, audio, identity)
     else:
         dataset = _run_dataset(run_dir)
         if dataset is not None: scene = dataset_scene(dataset, audio)
         else:
             notice(f'{run_dir} has no model.pt yet and config.yaml names no dataset: showing the procedural head')
             scene = toy_scene()
-            if audio is not None: name, track = scene.add_track(Path(audio)); scene.tracks[name] = track
+            if audio is not None:
+                name, track = scene.add_track(Path(audio))
+                scene.tracks[name] = track
     scene.run_dir = run_dir
     return scene
 
@@ -268,7 +291,9 @@ def scene_from_path(path: str | Path, audio: Path | str | None = None, identity:
     if audio is not None and not Path(audio).exists(): raise UserError(f'{audio} does not exist: give a wav (or any audio file ffmpeg reads)')
     if str(path) == 'toy':
         scene = toy_scene()
-        if audio is not None: name, track = scene.add_track(Path(audio)); scene.tracks[name] = track
+        if audio is not None:
+            name, track = scene.add_track(Path(audio))
+            scene.tracks[name] = track
         return scene
     path = Path(path)
     if not path.is_dir(): raise UserError(f"{path} is not a folder: give a run directory, a dataset folder, or 'toy'")

@@ -37,7 +37,8 @@ def chromium_screenshot(url: str, path: Path | str, width: int = 1100, height: i
     from websockets.sync.client import connect
     exe = shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
     if exe is None: raise UserError('chromium is not installed: apt-get install -y chromium')
-    path = Path(path).resolve(); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='instag-chromium-', ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([exe, *CHROMIUM_FLAGS, f'--user-data-dir={profile}', f'--window-size={width},{height}',
                                  '--remote-debugging-port=0', 'about:blank'],
@@ -49,7 +50,8 @@ def chromium_screenshot(url: str, path: Path | str, width: int = 1100, height: i
             with connect(target, max_size=2**26, open_timeout=timeout) as ws:
                 ids = iter(range(1, 1 << 30))
                 def call(method, **params):
-                    i = next(ids); ws.send(json.dumps(dict(id=i, method=method, params=params)))
+                    i = next(ids)
+                    ws.send(json.dumps(dict(id=i, method=method, params=params)))
                     while True:
                         msg = json.loads(ws.recv(timeout=timeout))
                         if msg.get('id') == i: return msg.get('result', {})
@@ -64,13 +66,17 @@ def chromium_screenshot(url: str, path: Path | str, width: int = 1100, height: i
         finally:
             proc.terminate()
             try: proc.wait(10)
-            except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     return path
 
 # %% ../../nbs/60b_screenshot.ipynb #f4b9f8b6
 def _free_port() -> int:
     import socket
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 def _evaluate(call, js: str):
     return call('Runtime.evaluate', expression=js, returnByValue=True).get('result', {}).get('value')
@@ -82,7 +88,8 @@ def lab_screenshot(notebook: Path | str, path: Path | str, width: int = 1300, he
     notebook = Path(notebook).resolve()
     token, port = secrets.token_hex(16), _free_port()
     with tempfile.TemporaryDirectory(prefix='instag-lab-') as settings:
-        news = Path(settings) / '@jupyterlab' / 'apputils-extension'; news.mkdir(parents=True)
+        news = Path(settings) / '@jupyterlab' / 'apputils-extension'
+        news.mkdir(parents=True)
         (news / 'notification.jupyterlab-settings').write_text(json.dumps(dict(fetchNews='false', checkForUpdates=False)))
         cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', '--ip', '127.0.0.1', f'--port={port}',
                f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={notebook.parent}', f'--LabApp.user_settings_dir={settings}']
@@ -91,7 +98,9 @@ def lab_screenshot(notebook: Path | str, path: Path | str, width: int = 1300, he
         try:
             end = time.monotonic() + 60
             while True:
-                try: urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status?token={token}', timeout=2); break
+                try:
+                    urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status?token={token}', timeout=2)
+                    break
                 except OSError:
                     if time.monotonic() > end or server.poll() is not None: raise UserError('JupyterLab did not start: run jupyter lab yourself to see why')
                     time.sleep(0.5)
@@ -110,7 +119,8 @@ def lab_screenshot(notebook: Path | str, path: Path | str, width: int = 1300, he
                 n = _evaluate(call, "document.querySelectorAll('.jp-Cell').length") or 0
                 click(call, '.jp-Cell .jp-InputPrompt')   # the first cell, in command mode
                 for _ in range(n):  # the toolbar's run button, as a person would press it (it adds an empty cell at the end)
-                    click(call, '[data-command="notebook:run-cell-and-select-next"]'); time.sleep(1.0)
+                    click(call, '[data-command="notebook:run-cell-and-select-next"]')
+                    time.sleep(1.0)
                 while not _evaluate(call, f"!!document.querySelector({selector!r})") and time.monotonic() < end: time.sleep(1.0)
                 drawn.append(bool(_evaluate(call, f"!!document.querySelector({selector!r})")))
             drawn = []
@@ -122,4 +132,6 @@ def lab_screenshot(notebook: Path | str, path: Path | str, width: int = 1300, he
             try: os.killpg(server.pid, signal.SIGTERM)
             except ProcessLookupError: pass
             try: server.wait(20)
-            except subprocess.TimeoutExpired: os.killpg(server.pid, signal.SIGKILL); server.wait()
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()

@@ -22,7 +22,8 @@ from ..talking_head import render_frame, to_uint8
 
 # %% auto #0
 __all__ = ['Gaussians', 'COLOR_MODES', 'BRANCH_COLORS', 'MAX_FRUSTUMS', 'Track', 'Scene', 'ViewState', 'deformation_scale',
-           'colored', 'make_render_fn', 'camera_from_viser', 'viser_pose', 'splat_arrays', 'check_host', 'Viewer']
+           'colored', 'render_deformed', 'make_render_fn', 'camera_from_viser', 'viser_pose', 'splat_arrays',
+           'check_host', 'Viewer']
 
 # %% ../../nbs/60_viewer.ipynb #686f7d13
 Gaussians = Mapping[str, Tensor]  # means [N,3], quats [N,4] wxyz, scales [N,3] log, opacities [N] logit, sh0 [N,1,3], shN
@@ -80,7 +81,8 @@ def _colormap(t: Tensor) -> Tensor:  # [N] in [0,1] -> [N,3]
 def deformation_scale(scene: Scene, samples: int = 8) -> float:
     "The 99th percentile of |d_mu| over a few frames of the first track (cached on the scene)."
     if scene.deformation_scale is None:
-        track = next(iter(scene.tracks)); T = scene.tracks[track].frames
+        track = next(iter(scene.tracks))
+        T = scene.tracks[track].frames
         mags = []
         for f in np.linspace(0, T - 1, min(samples, T)).astype(int):
             for name, g in scene.deform(track, int(f), scene.components[-1]).items():
@@ -99,21 +101,24 @@ def colored(scene: Scene, name: str, gaussians: Gaussians, mode: str) -> dict:
         g['colors'] = _colormap(mag / deformation_scale(scene))
     return g
 
+@torch.no_grad()
+def render_deformed(scene: Scene, deformed: Mapping[str, Gaussians], camera: Camera, state: ViewState, track: str,
+                    frame: int, backend: str = 'auto') -> np.ndarray:  # -> uint8 [H, W, 3]
+    "The branches `state` shows of a deformation of `scene`, coloured for `state.color`, over the plate of (`track`, `frame`)."
+    names = [n for n in scene.canonical if state.branches is None or n in state.branches]
+    plate = scene.background(track, frame, camera) if scene.background is not None else None
+    bg = plate if plate is not None else torch.tensor(state.background, dtype=torch.float32)
+    layers = {n: colored(scene, n, deformed[n], state.color) for n in names}
+    return to_uint8(render_frame(layers, camera, bg, scene.sh_degree, backend, scene.dilate_mouth).rgb)
+
 def make_render_fn(scene: Scene, backend: str = 'auto') -> Callable[[Camera, ViewState], np.ndarray]:
     """The viewer's `render_fn(camera, ui_state) -> uint8 [H,W,3]`: the scene's branches through
     `instag.talking_head.render_frame`, the frame path `instag render` and `evaluate` use (plate, mouth dilation)."""
     def render_fn(camera: Camera, state: ViewState) -> np.ndarray:
         track = state.track or next(iter(scene.tracks))
         frame = int(np.clip(state.frame, 0, scene.tracks[track].frames - 1))
-        components = state.components or scene.components[-1]
-        names = [n for n in scene.canonical if state.branches is None or n in state.branches]
-        with torch.no_grad():
-            deformed = scene.deform(track, frame, components)
-            plate = scene.background(track, frame, camera) if scene.background is not None else None
-            bg = plate if plate is not None else torch.tensor(state.background, dtype=torch.float32)
-            layers = {n: colored(scene, n, deformed[n], state.color) for n in names}
-            image = render_frame(layers, camera, bg, scene.sh_degree, backend, scene.dilate_mouth).rgb
-        return to_uint8(image)
+        with torch.no_grad(): deformed = scene.deform(track, frame, state.components or scene.components[-1])
+        return render_deformed(scene, deformed, camera, state, track, frame, backend)
     return render_fn
 
 # %% ../../nbs/60_viewer.ipynb #b08efd6f
@@ -124,7 +129,9 @@ def _rotmat_wxyz(R: np.ndarray) -> np.ndarray:  # [3,3] -> [4] wxyz
 def camera_from_viser(wxyz, position, fov: float, aspect: float, size: int = 256) -> Camera:
     "Our `Camera` from a viser camera (OpenCV camera-to-world `wxyz`/`position`, vertical `fov` in radians)."
     import viser.transforms as vtf
-    c2w = np.eye(4); c2w[:3, :3] = vtf.SO3(np.asarray(wxyz, dtype=np.float64)).as_matrix(); c2w[:3, 3] = position
+    c2w = np.eye(4)
+    c2w[:3, :3] = vtf.SO3(np.asarray(wxyz, dtype=np.float64)).as_matrix()
+    c2w[:3, 3] = position
     w2c = np.linalg.inv(c2w)
     width, height = (size, max(1, round(size / aspect))) if aspect >= 1 else (max(1, round(size * aspect)), size)
     f = 0.5 * height / math.tan(0.5 * fov)
@@ -159,7 +166,9 @@ def check_host(host: str) -> None:
     error = None
     for family, kind, proto, _, address in addresses:
         try:
-            with socket.socket(family, kind, proto) as s: s.bind(address); return
+            with socket.socket(family, kind, proto) as s:
+                s.bind(address)
+                return
         except OSError as e: error = e
     raise UserError(f'--host {host}: this machine cannot listen there ({error.strerror}): give 127.0.0.1 (this machine only), '
                     "0.0.0.0 (every network) or one of this machine's own addresses")
@@ -185,12 +194,14 @@ class Viewer:
         with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):  # viser's banner
             self.server = viser.ViserServer(host=host, port=port, verbose=verbose)
         self.server.scene.set_up_direction('+y')   # the head's world: y up, the face looks down +z
-        self._add_scene(); self._add_gui()
+        self._add_scene()
+        self._add_gui()
         self.server.on_client_connect(self._on_connect)
         self.server.on_client_disconnect(lambda c: self._discard(c.client_id))
         self._worker = threading.Thread(target=self._redraw_loop, name='instag-viewer-redraw', daemon=True)
         self._player = threading.Thread(target=self._play_loop, name='instag-viewer-play', daemon=True)
-        self._worker.start(); self._player.start()
+        self._worker.start()
+        self._player.start()
         self.request_redraw()
 
     @property
@@ -293,7 +304,9 @@ class Viewer:
     def request_redraw(self, target: str | int | None = None) -> None:
         "Ask for a redraw of `target` (`'panel'` or a client id); None: the panel and every browser."
         targets = {'panel', *self.server.get_clients()} if target is None else {target}
-        with self._cond: self._dirty |= targets; self._cond.notify_all()
+        with self._cond:
+            self._dirty |= targets
+            self._cond.notify_all()
 
     def _redraw_loop(self) -> None:
         while True:
@@ -309,7 +322,9 @@ class Viewer:
             except Exception as e:  # a failed render must not kill the viewer: say it and wait for the next request
                 notice(f'viewer redraw failed: {type(e).__name__}: {e}')
             finally:
-                with self._cond: self._busy = False; self._cond.notify_all()
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
     def _draw(self, target: str | int) -> None:
         state = self.state
@@ -338,10 +353,12 @@ class Viewer:
     def play(self) -> None:
         "Play the track in real time at the scene's fps."
         self._play_from = (time.monotonic(), int(self.frame.value))
-        self._playing.set(); self.play_button.label = 'pause'
+        self._playing.set()
+        self.play_button.label = 'pause'
 
     def pause(self) -> None:
-        self._playing.clear(); self.play_button.label = 'play'
+        self._playing.clear()
+        self.play_button.label = 'play'
 
     def _play_loop(self) -> None:
         while not self._stopped:
@@ -360,8 +377,11 @@ class Viewer:
         "Stop playback, the redraw worker and the server; nothing keeps running."
         if self._stopped: return
         self._playing.clear()
-        with self._cond: self._stopped = True; self._cond.notify_all()
-        self._worker.join(timeout=30); self._player.join(timeout=5)
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._worker.join(timeout=30)
+        self._player.join(timeout=5)
         self.server.stop()
 
     def __enter__(self): return self
