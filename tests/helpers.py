@@ -43,3 +43,23 @@ def has_mediapipe() -> bool:
     if not MEDIAPIPE_REQUIRED: return importlib.util.find_spec('mediapipe') is not None
     import mediapipe  # noqa: F401
     return True
+
+
+# the smallest training run the command-line tests start from: 20 frames of 48 px, a few iterations, log-mel audio
+TINY = dict(seconds=0.4, face_iterations=2, mouth_iterations=1, fuse_iterations=1, static_iterations=0,
+            synthesizer__face__init_points=60, synthesizer__mouth__init_points=30, eval_frames=2, eval_lmd=False,
+            threads=1, data__audio='mel')
+
+
+def tiny_world(root, tone_seconds: dict):
+    """A tiny dataset `root/ds`, a finished run `root/run` trained on it with `TINY`, and a 200-Hz tone `root/NAME.wav`
+    for each NAME: seconds of `tone_seconds`. Returns (ds, run)."""
+    import numpy as np
+    from instag.audio import write_wav
+    from instag.example_data import write_example_dataset
+    from instag.train import train, train_config
+    ds = write_example_dataset(root / 'ds', frames=20, size=48, val_frames=5)
+    run = train(ds, train_config('cpu', **TINY), run_dir=root / 'run', verbose=False).run_dir
+    for name, seconds in tone_seconds.items():
+        write_wav(root / f'{name}.wav', 0.1 * np.sin(np.arange(int(16000 * seconds)) / 16000 * 2 * np.pi * 200), sample_rate=16000)
+    return ds, run

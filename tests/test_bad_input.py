@@ -1,26 +1,18 @@
 """Every user mistake gets one line that names the problem and the fix, exit code 2, no traceback (issue: safe to open)."""
-import json, os, shutil, subprocess, sys
+import json, shutil, subprocess, sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from instag.example_data import write_example_dataset
-from instag.train import train, train_config
 
-TINY = dict(seconds=0.4, face_iterations=2, mouth_iterations=1, fuse_iterations=1, static_iterations=0,
-            synthesizer__face__init_points=60, synthesizer__mouth__init_points=30, eval_frames=2, eval_lmd=False,
-            threads=1, data__audio='mel')
+from helpers import TINY, tiny_world
 
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory) -> dict:
-    from instag.audio import write_wav
     root = tmp_path_factory.mktemp('bad')
-    ds = write_example_dataset(root / 'ds', frames=20, size=48, val_frames=5)
-    run = train(ds, train_config('cpu', **TINY), run_dir=root / 'run', verbose=False).run_dir
+    ds, run = tiny_world(root, {'speech': 1.0})
     wav = root / 'speech.wav'
-    write_wav(wav, 0.1 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 200), sample_rate=16000)
     (root / 'empty.wav').write_bytes(b'')
     (root / 'a_file.txt').write_text('not a folder')
     (root / 'folder.mp4').mkdir()

@@ -2,26 +2,15 @@
 import errno, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from instag.example_data import write_example_dataset
-from instag.train import train, train_config
-
-TINY = dict(seconds=0.4, face_iterations=2, mouth_iterations=1, fuse_iterations=1, static_iterations=0,
-            synthesizer__face__init_points=60, synthesizer__mouth__init_points=30, eval_frames=2, eval_lmd=False,
-            threads=1, data__audio='mel')
+from helpers import TINY, tiny_world
 
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory) -> dict:
-    from instag.audio import write_wav
     root = tmp_path_factory.mktemp('hostile')
-    ds = write_example_dataset(root / 'ds', frames=20, size=48, val_frames=5)
-    run = train(ds, train_config('cpu', **TINY), run_dir=root / 'run', verbose=False).run_dir
-    tone = lambda seconds: 0.1 * np.sin(np.arange(int(16000 * seconds)) / 16000 * 2 * np.pi * 200)
-    for name, seconds in (('speech', 1.0), ('blip', 0.006), ('long', 30.0)): write_wav(root / f'{name}.wav', tone(seconds), sample_rate=16000)
+    ds, run = tiny_world(root, {'speech': 1.0, 'blip': 0.006, 'long': 30.0})
     return dict(root=root, ds=ds, run=run, wav=root / 'speech.wav', blip=root / 'blip.wav', long=root / 'long.wav')
 
 

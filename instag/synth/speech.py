@@ -114,6 +114,13 @@ def random_timeline(rng: np.random.Generator, seconds: float, rate: float = 1.0)
         stress.append(s)
         phrase.append(ph)
         return d
+    def pause(gap):
+        "A silence of `gap` seconds; returns it."
+        phones.append('_')
+        durs.append(gap)
+        stress.append(1.0)
+        phrase.append(-1)
+        return gap
     while t < seconds - 0.6:
         end = min(t + rng.uniform(1.0, 3.0), seconds - 0.3)
         while t < end:
@@ -123,18 +130,8 @@ def random_timeline(rng: np.random.Generator, seconds: float, rate: float = 1.0)
                 t += add(VOWELS[rng.integers(len(VOWELS))], s, k)
                 if rng.random() < 0.25: t += add(CODAS[rng.integers(len(CODAS))], s, k)
             if rng.random() < 0.15:  # a short pause between words
-                gap = rng.uniform(0.06, 0.12)
-                phones.append('_')
-                durs.append(gap)
-                stress.append(1.0)
-                phrase.append(-1)
-                t += gap
-        gap = rng.uniform(0.25, 0.7)
-        phones.append('_')
-        durs.append(gap)
-        stress.append(1.0)
-        phrase.append(-1)
-        t += gap
+                t += pause(rng.uniform(0.06, 0.12))
+        t += pause(rng.uniform(0.25, 0.7))  # between phrases
         k += 1
     ends = np.cumsum(durs)
     keep = np.r_[0, np.nonzero(ends[:-1] < seconds)[0] + 1]  # drop phones that start after the end
