@@ -4,7 +4,7 @@
 
 # %% ../nbs/48_prior.ipynb #f542acbc
 from __future__ import annotations
-import argparse, hashlib, json, sys
+import argparse, functools, hashlib, json, sys
 from pathlib import Path
 
 import torch
@@ -60,8 +60,15 @@ def resolve_prior(name_or_path: str | Path) -> Path:
     raise UserError(f'no prior {name_or_path!r}: give a shipped one ({names}), a prior.pt or a pre-training run folder')
 
 def load_prior(name_or_path: str | Path) -> dict:
-    "A prior as saved (tensors and plain data), after checking that it is one."
+    "A prior as saved (tensors and plain data), after checking that it is one; a file read once while it is unchanged."
     path = resolve_prior(name_or_path)
+    st = path.stat()
+    return dict(_read_prior(str(path), st.st_mtime_ns, st.st_size))  # a new dict each call: callers may add keys
+
+@functools.lru_cache(maxsize=4)
+def _read_prior(path: str, mtime_ns: int, size: int) -> dict:
+    "The checked prior at `path` as it was at (`mtime_ns`, `size`): adaptation asks for it three times per run."
+    path = Path(path)
     prior = load_torch(path, 'prior')
     if not isinstance(prior, dict) or prior.get('kind') != 'instag-prior':
         raise UserError(f'{path} is not an instag prior (no kind instag-prior): give the prior.pt of instag pretrain')

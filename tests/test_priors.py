@@ -56,3 +56,22 @@ def test_the_real_prior_card_names_every_clip_its_license_and_the_encoder():
     assert 'CC-BY-4.0' in card and 'Attribution' in card and 'VoxCeleb2' in card and 'GRID corpus' in card
     assert p['audio']['encoder']['sha256'] in card and 'MIT' in card
     assert 'pcavs_681100216' not in {c['name'] for c in p['corpus']}  # kept out: an adaptation target of the evaluation
+
+
+def test_a_prior_is_read_once_while_its_file_is_unchanged(tmp_path, monkeypatch):
+    "Adaptation asks for its prior three times (audio choice, config check, weights): one read, until the file changes."
+    import shutil
+    from instag import prior as prior_module
+    path = tmp_path / 'prior.pt'
+    shutil.copy(SHIPPED_DIR / 'synthetic.pt', path)
+    reads = []
+    real_load = prior_module.load_torch
+    monkeypatch.setattr(prior_module, 'load_torch', lambda p, what: reads.append(p) or real_load(p, what))
+    a, b = load_prior(path), load_prior(path)
+    assert len(reads) == 1 and a is not b and a['path'] == b['path'] == str(path)
+    a['extra'] = 1  # a caller's key does not reach the next caller
+    assert 'extra' not in load_prior(path) and len(reads) == 1
+    data = torch.load(path, weights_only=True)
+    data['corpus'] = data['corpus'] + [{'name': 'one more'}]
+    torch.save(data, path)  # a changed file (new size) is read again
+    assert load_prior(path)['corpus'][-1] == {'name': 'one more'} and len(reads) == 2
