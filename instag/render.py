@@ -15,9 +15,9 @@ from .sh import SH_C0, eval_sh, sh_coeffs
 
 # %% auto #0
 __all__ = ['TILE_SIZE', 'NEAR_PLANE', 'EPS2D', 'ALPHA_MIN', 'ALPHA_MAX', 'T_MIN', 'FOV_CLAMP', 'CHUNK_ELEMENTS', 'BACKENDS',
-           'FIELD_SHAPES', 'RenderOut', 'quat_to_rotmat', 'project_gaussians', 'tile_bins', 'composite_torch',
-           'camera_center', 'gaussian_colors', 'head_gaussians', 'resolve_backend', 'check_render_inputs', 'render',
-           'render_camera']
+           'FIELD_SHAPES', 'CAMERA_MEANING', 'RenderOut', 'quat_to_rotmat', 'project_gaussians', 'tile_bins',
+           'composite_torch', 'camera_center', 'gaussian_colors', 'head_gaussians', 'resolve_backend',
+           'check_render_inputs', 'render', 'render_camera']
 
 # %% ../nbs/10_render.ipynb #36e7cf7c
 TILE_SIZE = 16          # tile edge in pixels (binning unit)
@@ -261,30 +261,33 @@ def resolve_backend(backend: str, means: Tensor) -> str:
         if cpu_backend_available(): return 'cpu'
     return 'torch'
 
-# the shape of each field render reads (gsplat spelling); N: Gaussians, K: higher SH coefficients, F: feature channels
-FIELD_SHAPES = dict(means='[N,3]', quats='[N,4]', scales='[N,3]', opacities='[N]', sh0='[N,1,3]', shN='[N,K,3]',
-                    colors='[N,3]', features='[N,F]')
+# the shape of each input render reads (gsplat spelling): 'N' must equal the means' count, other letters are free
+# (K: higher SH coefficients, F: feature channels); and what the cameras are
+FIELD_SHAPES = dict(means=('N', 3), quats=('N', 4), scales=('N', 3), opacities=('N',), sh0=('N', 1, 3), shN=('N', 'K', 3),
+                    colors=('N', 3), features=('N', 'F'), viewmat=(4, 4), K=(3, 3))
+CAMERA_MEANING = dict(viewmat='OpenCV world-to-camera', K='intrinsics')
 
-def _shape_ok(name: str, shape: tuple, N: int) -> bool:
-    want = FIELD_SHAPES[name][1:-1].split(',')
-    return len(shape) == len(want) and all(w.isalpha() and (w != 'N' or s == N) or str(s) == w for w, s in zip(want, shape))
+def _fits(dims: tuple, shape: tuple, N: int) -> bool:
+    return len(shape) == len(dims) and all(s == N if d == 'N' else isinstance(d, str) or s == d for d, s in zip(dims, shape))
 
 def check_render_inputs(gaussians: Mapping[str, Tensor], viewmat: Tensor, K: Tensor, width: int, height: int,
                         features: Tensor | None = None) -> None:
     "Refuse what `render` cannot draw with a `ValueError` naming the argument: a missing field, a wrong shape, NaN or inf."
+    shape_text = lambda name: '[' + ','.join(map(str, FIELD_SHAPES[name])) + ']'
     for name in ('means', 'quats', 'scales', 'opacities'):
-        if gaussians.get(name) is None: raise ValueError(f"gaussians has no {name!r}: render needs {name} {FIELD_SHAPES[name]}")
+        if gaussians.get(name) is None: raise ValueError(f"gaussians has no {name!r}: render needs {name} {shape_text(name)}")
     if gaussians.get('colors') is None and gaussians.get('sh0') is None:
         raise ValueError("gaussians has neither 'colors' [N,3] nor 'sh0' [N,1,3]: render needs one of them")
     means = gaussians['means']
     N = means.shape[0] if means.dim() else -1
-    fields = {f"gaussians[{k!r}]": (k, gaussians[k]) for k in FIELD_SHAPES if k != 'features' and gaussians.get(k) is not None}
+    fields = {f"gaussians[{k!r}]": (k, t) for k in ('means', 'quats', 'scales', 'opacities', 'sh0', 'shN', 'colors')
+              if (t := gaussians.get(k)) is not None}
     if features is not None: fields['features'] = ('features', features)
     fields.update(viewmat=('viewmat', viewmat), K=('K', K))
     for arg, (name, t) in fields.items():
-        want = dict(viewmat='[4,4] (OpenCV world-to-camera)', K='[3,3] (intrinsics)').get(name) or f'{FIELD_SHAPES[name]} with N = {N} (from means)'
-        ok = tuple(t.shape) == {'viewmat': (4, 4), 'K': (3, 3)}[name] if name in ('viewmat', 'K') else _shape_ok(name, tuple(t.shape), N)
-        if not ok: raise ValueError(f'{arg} must be {want}, got shape {list(t.shape)}')
+        if not _fits(FIELD_SHAPES[name], tuple(t.shape), N):
+            meaning = f' ({CAMERA_MEANING[name]})' if name in CAMERA_MEANING else f' with N = {N} (from means)'
+            raise ValueError(f'{arg} must be {shape_text(name)}{meaning}, got shape {list(t.shape)}')
     if int(width) < 1 or int(height) < 1: raise ValueError(f'width and height must be positive pixels, got {width}x{height}')
     # a sum is NaN or inf when any term is (40x cheaper than isfinite over every element); a finite sum that overflows is
     # confirmed element by element before anything is refused
