@@ -116,7 +116,8 @@ def probe_writable(path: Path | str) -> None:
 def probe_writable_dir(folder: Path | str) -> None:
     "Refuse, before any work, an output folder that cannot be created or written; leaves nothing behind."
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir(): raise UserError(f'{folder} is a file: give a folder for the output')
+    here = next(p for p in (folder, *folder.parents) if p.exists())  # the folder, or where it would be made
+    if not here.is_dir(): raise UserError(f'{here} is a file: give a folder for the output')
     made = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)

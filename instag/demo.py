@@ -4,12 +4,12 @@
 
 # %% ../nbs/47_demo.ipynb #817afdc3
 from __future__ import annotations
-import argparse, json, math, os, sys, time
+import argparse, json, math, sys, time
 from pathlib import Path
 
 import numpy as np
 
-from .core import OUTPUTS_DIR, UserError, new_run_dir
+from .core import OUTPUTS_DIR, UserError, new_run_dir, probe_writable_dir, write_json
 from .layout import SAMPLE_RATE
 
 # %% auto #0
@@ -67,9 +67,7 @@ def check_demo_args(out: Path | str | None, seconds: float, clip_seconds: float,
         out = Path(out)
         if out.exists() and not out.is_dir(): raise UserError(f'--out {out} is a file: give a new or empty folder')
         if out.is_dir() and any(out.iterdir()): raise UserError(f'--out {out} already holds files: give a new or empty folder')
-        here = next(p for p in (out, *out.parents) if p.exists())
-        if not here.is_dir() or not os.access(here, os.W_OK | os.X_OK):
-            raise UserError(f'--out {out}: {here} is {"a file" if not here.is_dir() else "not writable"}; give a folder you can write in')
+        probe_writable_dir(out)
     check_synth_args(1, clip_seconds, size, 1.0, Path(out or OUTPUTS_DIR) / 'corpus')
     if prior != 'none' and (kind := load_prior(prior)['audio']['kind']) != 'log-mel':
         raise UserError(f'--prior {prior} hears {kind} features; the synthetic speaker has log-mel ones: give a log-mel prior (synthetic)')
@@ -106,7 +104,7 @@ def demo(out: Path | str | None = None, seconds: float = 5.0, clip_seconds: floa
                        f'mouth_corr_{k}': m[k].get('mouth_corr_jaw'), f'train_seconds_{k}': m[k].get('train_seconds')})
     result.update(baseline_psnr=m['adapted'].get('baseline_psnr'), truth_lip_corr=m['adapted'].get('truth_lip_open_corr_jaw'),
                   seconds=round(time.time() - t0, 1))
-    (out / 'demo.json').write_text(json.dumps(result, indent=1) + '\n')
+    write_json(out / 'demo.json', result)
     return result
 
 def main_demo(argv: list[str]) -> int:
