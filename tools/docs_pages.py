@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Stage the documentation site's sources in `_proc/docs/` and write `_proc/mkdocs.yml` for `tools/docs.sh`.
 
-What it writes, all from files in the repository (nothing is downloaded, no notebook is executed):
-- every notebook of `nbs/` and `nbs/experiments/`, with nbdev's `#| hide` cells dropped and `#|` directives removed
-  (the site shows the outputs that are committed: chapter notebooks are committed without outputs, results notebooks with);
+What it writes, all from files in the repository (nothing is downloaded):
+- every notebook of `nbs/` and `nbs/experiments/`, with nbdev's `#| hide` cells dropped and `#|` directives removed.
+  A chapter notebook is taken from its executed copy (`tools/docs_execute.py`, which `tools/docs.sh` runs first) when that
+  copy is current, so its page shows outputs and figures; the results notebooks show the outputs committed with them;
+- `assets/plotly.min.js`, from the installed plotly package: the interactive figures' one script, served by the site;
 - `api/<module>.md`: one page per module of `instag/`, rendered from its docstrings by mkdocstrings;
 - `jobs/<job>.md`: one page per `instag` command, with its `--help` captured now (what `python -m instag <job> --help` prints);
 - `results/*.md`: tables summarized from the committed CSVs of `nbs/experiments/results/`;
@@ -36,6 +38,7 @@ CHAPTERS = [
 ]
 METHOD_NB = '05_method.ipynb'             # its own entry after the home page
 HAND_WRITTEN = {'_render_cpu': '10_render.ipynb'}  # plain modules and the chapter that explains them
+PLOTLY_JS = 'assets/plotly.min.js'      # the figures' script, from the installed package: the site loads nothing remote
 HELP_COLUMNS = '100'                      # argparse wraps --help at this width on every machine
 
 def number(name: str) -> float:
@@ -71,17 +74,27 @@ def stage_notebook(src: Path, dst: Path):
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding='utf-8')
 
+def executed_copy(src: Path, lib: str) -> Path:
+    "The executed copy of a chapter notebook when it was made from this notebook and this library, else the notebook."
+    copy = EXECUTED / src.name
+    key = copy.with_suffix('.key')
+    return copy if copy.exists() and key.exists() and key.read_text() == key_of(src, lib) else src
+
 def stage_notebooks() -> dict[str, list]:
     "Every notebook staged; the nav entries {chapter: [{title: path}]} in file order."
     nav: dict[str, list] = {title: [] for title, _ in CHAPTERS}
+    lib = library_key()
     for src in sorted(NBS.glob('*.ipynb')):
-        stage_notebook(src, STAGE / src.name)
+        stage_notebook(executed_copy(src, lib), STAGE / src.name)
         if src.name in ('index.ipynb', METHOD_NB): continue
         nav[chapter(src.name)].append({title_of(src): src.name})
     experiments = [{title_of(src): f'experiments/{src.name}'} for src in sorted((NBS / 'experiments').glob('*.ipynb'))]
     for src in sorted((NBS / 'experiments').glob('*.ipynb')): stage_notebook(src, STAGE / 'experiments' / src.name)
     nav['Evaluation and experiments'] += experiments
     shutil.copytree(NBS / 'images', STAGE / 'images')
+    import plotly
+    (STAGE / 'assets').mkdir(exist_ok=True)
+    shutil.copy(Path(plotly.__file__).parent / 'package_data' / 'plotly.min.js', STAGE / PLOTLY_JS)
     return nav
 
 def modules() -> list[tuple[str, str | None]]:
@@ -155,6 +168,7 @@ def job_pages() -> list:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_results import result_pages  # noqa: E402  (beside this file)
+from docs_execute import OUT as EXECUTED, key_of, library_key  # noqa: E402
 
 def write_config(site_dir: Path, nav_nbs: dict, nav_api: dict, nav_jobs: list, nav_results: list):
     cfg = yaml.safe_load((ROOT / 'mkdocs.yml').read_text(encoding='utf-8'))
@@ -162,6 +176,7 @@ def write_config(site_dir: Path, nav_nbs: dict, nav_api: dict, nav_jobs: list, n
     nav += [{title: items} for title, items in nav_nbs.items() if items]
     nav += [{'Jobs': nav_jobs}, {'Results': nav_results},
             {'API': [{title: items} for title, items in nav_api.items() if items]}]
+    cfg['theme']['custom_dir'] = str(ROOT / 'tools' / 'docs_theme')  # loads PLOTLY_JS in every page's head
     cfg.update(docs_dir=str(STAGE), site_dir=str(site_dir.resolve()), nav=nav)
     (ROOT / '_proc' / 'mkdocs.yml').write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding='utf-8')
 
