@@ -154,8 +154,9 @@ def whisper_features(wav: np.ndarray,                  # [S] float mono at 16 kH
                      fps: float = FPS,
                      context_s: float = WHISPER_CONTEXT_S,
                      batch: int = 32,
-                     progress: bool = False) -> np.ndarray:  # [T, 2, D]
-    "Whisper encoder states, one window of `context_s` per video frame with the frame at its centre: two 20 ms rows per frame."
+                     progress: bool = False,
+                     first: int = 0) -> np.ndarray:  # [T - first, 2, D]
+    "Whisper encoder states, one window of `context_s` per video frame with the frame at its centre: two 20 ms rows per frame (frames `first`..T-1)."
     import ctranslate2
     from tqdm.auto import tqdm
     mel = whisper_log_mel(np.asarray(wav, np.float32))           # [80, S / 160], floored once for the whole clip
@@ -163,9 +164,9 @@ def whisper_features(wav: np.ndarray,                  # [S] float mono at 16 kH
     n -= n % 4                  # mel frames per window (4: two rows of the conv stride)
     pad = np.full((WHISPER_MELS, n), mel.max() - 2.0 if mel.size else -1.5, np.float32)  # silence, as Whisper's own padding
     mel = np.concatenate([pad, mel, pad], 1)
-    starts = [n + int(round(t * 100 / fps)) - n // 2 for t in range(frames)]  # the frame's first mel frame at the centre
+    starts = [n + int(round(t * 100 / fps)) - n // 2 for t in range(first, frames)]  # the frame's first mel frame at the centre
     out = []
-    for b in tqdm(range(0, frames, batch), desc='speech encoder', unit_scale=batch, disable=not progress, leave=False):
+    for b in tqdm(range(0, len(starts), batch), desc='speech encoder', unit_scale=batch, disable=not progress, leave=False):
         x = np.stack([mel[:, s:s + n] for s in starts[b:b + batch]])
         h = np.asarray(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(x)), to_cpu=True))  # [B, n / 2, D]
         out.append(h[:, n // 4:n // 4 + 2])
@@ -199,17 +200,20 @@ def resolve_encoder(choice: str | Path | None) -> str | None:
     return str(choice)
 
 def encoder_features(wav: np.ndarray, source: str | Path, frames: int, fps: float = FPS,
-                     context_s: float = WHISPER_CONTEXT_S, progress: bool = False) -> tuple[np.ndarray, dict]:  # -> [T, 2, D], info
-    "Features of the encoder `source` (registry name or folder) and what they are: kind, name, sha256, dim (+ context_s)."
+                     context_s: float = WHISPER_CONTEXT_S, progress: bool = False,
+                     first: int = 0) -> tuple[np.ndarray, dict]:  # -> [T - first, 2, D], info
+    "Features of the encoder `source` (registry name or folder) for frames `first`..T-1, and what they are: kind, name, sha256, dim (+ context_s)."
     if str(source) in ENCODERS or check_encoder(source) == 'whisper':
         model, info = load_whisper(str(source))
-        feats = whisper_features(wav, model, frames, fps, context_s, progress=progress)
+        feats = whisper_features(wav, model, frames, fps, context_s, progress=progress, first=first)
         where = {} if str(source) in ENCODERS else dict(path=str(Path(source).resolve()))
         return feats, dict(kind='whisper', **{**info, 'dim': int(feats.shape[-1])}, context_s=context_s, **where)
-    return transformers_features(wav, source, frames)
+    feats, info = transformers_features(wav, source, frames)  # (the whole clip at once: the model sees all of it)
+    return feats[first:], info
 
 def features_like(entry: dict,          # a dataset's `audio_features` entry: name, sha256, context_s (and path for a folder)
-                  wav: np.ndarray, frames: int, fps: float = FPS, progress: bool = False) -> np.ndarray:  # [T, 2, D]
+                  wav: np.ndarray, frames: int, fps: float = FPS, progress: bool = False,
+                  first: int = 0) -> np.ndarray:  # [T - first, 2, D]
     "Features of new audio made exactly as `entry`'s were (same encoder weights, same window); refused when that encoder is not here."
     name = next((n for n, s in ENCODERS.items() if s.sha256 == entry.get('sha256')), None)
     source = name or entry.get('path')
@@ -217,7 +221,7 @@ def features_like(entry: dict,          # a dataset's `audio_features` entry: na
         raise UserError(f'the features were made by the speech encoder {entry.get("name")} ({str(entry.get("sha256"))[:16]}), '
                         'which is not here: install it (or give its folder again to instag prepare) to render new audio')
     if name and encoder_status(name): raise UserError(encoder_status(name))
-    feats, info = encoder_features(wav, source, frames, fps, entry.get('context_s', WHISPER_CONTEXT_S), progress)
+    feats, info = encoder_features(wav, source, frames, fps, entry.get('context_s', WHISPER_CONTEXT_S), progress, first)
     if info['sha256'] != entry.get('sha256'):
         raise UserError(f'{source} holds other weights ({info["sha256"][:16]}) than the ones the features were made with '
                         f'({str(entry.get("sha256"))[:16]}): give the same encoder')
