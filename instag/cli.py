@@ -22,6 +22,7 @@ COMMANDS = {
     'train':      ('instag.train:main_train',                 'train a person-specific head from a dataset'),
     'adapt':      ('instag.adapt:main_adapt',                 'adapt a pre-trained prior to a new person from a few seconds'),
     'render':     ('instag.inference:main_render',            'render a trained head speaking any audio to an mp4 with sound'),
+    'live':       ('instag.live_server:main_live',            'a local page where the microphone or a sound file drives a head live'),
     'pretrain':   ('instag.pretrain:main_pretrain',           'identity-free pre-training of universal motion fields on a corpus'),
     'priors':     ('instag.prior:main_priors',                'list the shipped and local priors (universal motion fields)'),
     'pretrain-eval': ('instag.pretrain_eval:main_pretrain_eval', 'what a pre-training run learned: universal-only mouth motion, contrast statistics'),

@@ -62,6 +62,7 @@ class FeatureStream:
         self.wav = np.concatenate([self.wav, pcm])
         self.received += len(pcm)
         ready = int(np.floor((self.received / SAMPLE_RATE - self.future_s) * self.fps + 1e-9)) + 1
+        ready = min(ready, -(-self.received // self.spf))    # (a frame's time lies inside the audio received)
         return self._compute(max(self.done, ready))
 
     def flush(self) -> Tensor:  # [n, W, A]
@@ -128,22 +129,24 @@ class LiveHead:
 
     def push(self, pcm: np.ndarray) -> list[LiveFrame]:  # [S] float mono at 16 kHz
         "Add a chunk of audio; the frames it completes (older ones skipped past `max_behind`)."
-        self._add(self.features.push(pcm))
-        last = self.offset + len(self.rows) - 1 - self.future_frames  # the last frame whose window is complete
-        return self._draw(last)
+        self.add(self.features.push(pcm))
+        return self.draw()
 
     def flush(self) -> list[LiveFrame]:
         "The audio ended: the remaining frames (their window's end repeats the last row)."
-        self._add(self.features.flush())
-        return self._draw(self.offset + len(self.rows) - 1)
+        self.add(self.features.flush())
+        return self.draw(final=True)
 
-    def _add(self, feats: Tensor) -> None:
+    def add(self, feats: Tensor) -> None:  # [n, W, A] the next rows from `self.features`
+        "Take feature rows (a server computes them in another thread than the one that draws)."
         if not len(feats): return
         rows = feats if not len(self.rows) else torch.cat([self.rows, feats])
         drop = max(0, self.next - self.size // 2 - self.offset)  # rows before frame next-4: no window to come reads them
         self.rows, self.offset = rows[drop:], self.offset + drop
 
-    def _draw(self, last: int) -> list[LiveFrame]:
+    def draw(self, final: bool = False) -> list[LiveFrame]:
+        "Draw every frame whose motion window is complete (`final`: all frames, the audio has ended)."
+        last = self.offset + len(self.rows) - 1 - (0 if final else self.future_frames)
         if self.cfg.max_behind and last - self.next >= self.cfg.max_behind:
             skip = last - self.next - self.cfg.max_behind + 1
             self.next, self.skipped = self.next + skip, self.skipped + skip
