@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .audio import load_audio, log_mel_windows
+from .camera import Camera
 from .core import Interrupted, UserError, dataset_fingerprint, notice, probe_writable
 from .data import DataConfig, TalkingHeadDataset, audio_window, pinned_audio_choice
 from .layout import FPS, SAMPLE_RATE
@@ -23,8 +24,9 @@ from .runs import load_model
 from .talking_head import Composite, DeformedHead, TalkingHead, to_uint8
 
 # %% auto #0
-__all__ = ['FRAMES_MULTIPLE', 'pingpong', 'LoopFrame', 'TrainedHead', 'load_run', 'video_frames_for', 'stream_durations',
-           'check_audio_length', 'render_audio', 'main_render']
+__all__ = ['FRAMES_MULTIPLE', 'ORBIT_DEGREES', 'ORBIT_FRAMES', 'pingpong', 'LoopFrame', 'TrainedHead', 'load_run',
+           'video_frames_for', 'stream_durations', 'rotation_about', 'orbit_cameras', 'check_audio_length',
+           'render_audio', 'render_orbit', 'main_render']
 
 # %% ../nbs/46_inference.ipynb #cd8fc2dc
 def pingpong(k: int, n: int) -> int:
@@ -133,6 +135,33 @@ def stream_durations(path: Path | str) -> dict[str, float]:
     with av.open(str(path)) as c:
         return {s.type: float(s.duration * s.time_base) for s in c.streams if s.duration is not None}
 
+# %% ../nbs/46_inference.ipynb #d2062641
+ORBIT_DEGREES = 30.0  # yaw either side of the frame's own camera
+ORBIT_FRAMES = 50     # 2 s at 25 fps
+
+def rotation_about(axis: Tensor,  # [3] unit vector
+                   angle: float,  # radians, right hand about `axis`
+                   ) -> Tensor:   # [3, 3]
+    "The rotation by `angle` about `axis` (Rodrigues' formula)."
+    x, y, z = axis.tolist()
+    cross = torch.tensor([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]], dtype=axis.dtype)
+    return torch.eye(3, dtype=axis.dtype) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+
+def orbit_cameras(camera: Camera,  # the frame's camera
+                  target: Tensor,  # [3] world point the camera swings around (it keeps its pixel)
+                  degrees: float = ORBIT_DEGREES, frames: int = ORBIT_FRAMES) -> list[Camera]:
+    "`frames` copies of `camera` swung about `target` around the camera's own up axis, from -`degrees` to +`degrees`."
+    R, t, p = camera.viewmat[:3, :3].double(), camera.viewmat[:3, 3].double(), target.double()
+    up = -R[1]  # OpenCV image y points down: the camera's up, in world coordinates
+    cameras = []
+    for angle in torch.linspace(-degrees, degrees, frames, dtype=torch.float64).tolist():
+        M = rotation_about(up, math.radians(angle))  # turns the camera's centre about p: c' = p + M (c - p)
+        viewmat = torch.eye(4, dtype=torch.float64)
+        viewmat[:3, :3] = R @ M.T
+        viewmat[:3, 3] = R @ p + t - R @ M.T @ p     # p keeps its camera coordinates
+        cameras.append(Camera(viewmat.float(), camera.K.clone(), camera.width, camera.height))
+    return cameras
+
 # %% ../nbs/46_inference.ipynb #6d394bcf
 def check_audio_length(samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> None:
     "Refuse audio shorter than one video frame: there is nothing to say, only silence to pad."
@@ -173,28 +202,87 @@ def render_audio(head: TrainedHead, audio: Path | str | np.ndarray, out: Path | 
     return dict(out=str(path), frames=T, seconds=T / head.fps, audio_seconds=len(wav) / SAMPLE_RATE,
                 render_fps=T / max(render_s, 1e-9), total_fps=T / max(time.time() - t0, 1e-9), features_s=round(features_s, 2))
 
+# %% ../nbs/46_inference.ipynb #36a1503b
+@torch.no_grad()
+def render_orbit(head: TrainedHead, out: Path | str, k: int = 0, degrees: float = ORBIT_DEGREES,
+                 frames: int = ORBIT_FRAMES, progress: bool = True) -> dict:
+    "Output frame `k` of `head` (its own audio) seen from `orbit_cameras`, over white, to the silent mp4 `out`."
+    from tqdm.auto import tqdm
+    out, i = Path(out), 0
+    existed = out.exists()
+    deformed = head.deform(k)
+    target = deformed.gaussians['face']['means'].median(0).values  # a point on the face
+    cameras = orbit_cameras(head.frame(k).camera, target, degrees, frames)
+    white = torch.ones(head.height, head.width, 3)  # the torso layer is a 2D picture: it cannot turn with the head
+    try:
+        t0 = time.time()
+        with Mp4Writer(out, head.width, head.height, head.fps) as writer:
+            for i, camera in enumerate(tqdm(cameras, desc='orbit', disable=not progress, leave=False)):
+                writer.write(to_uint8(head.model.render(deformed, camera, white, dilate=True).rgb))
+            path = writer.close()
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted): raise
+        raise _interrupted(i, frames, out, existed) from None
+    return dict(out=str(path), frames=frames, loop_frame=head.frame(k).index, render_fps=frames / max(time.time() - t0, 1e-9))
+
+def _check_orbit_options(a: argparse.Namespace) -> None:
+    "Orbit options only with --orbit, no audio with it, a sweep that can be drawn; without --orbit an --audio."
+    given = [name for name, v in (('--frame', a.frame), ('--orbit-degrees', a.orbit_degrees), ('--orbit-frames', a.orbit_frames))
+             if v is not None]
+    if not a.orbit:
+        if given: raise UserError(f'{given[0]} goes with --orbit: add --orbit to render one frame from other angles')
+        if a.audio is None:
+            raise UserError('no --audio: give the speech to render (--audio speech.wav), or --orbit to see one frame from other angles')
+        return
+    if a.audio is not None or a.max_seconds is not None:
+        raise UserError('--orbit renders one frame with its own training audio: leave out --audio and --max-seconds')
+    if a.frame is not None and a.frame < 0: raise UserError(f'--frame {a.frame}: give a loop frame number, 0 or more')
+    if a.orbit_degrees is not None and not 0 < a.orbit_degrees <= 180:
+        raise UserError(f'--orbit-degrees {a.orbit_degrees}: give a yaw angle above 0 and at most 180 degrees')
+    if a.orbit_frames is not None and a.orbit_frames < 2: raise UserError(f'--orbit-frames {a.orbit_frames}: give 2 frames or more')
+
+def _main_orbit(a: argparse.Namespace, out: Path) -> int:
+    "`instag render RUN --orbit`: the checks that need the run, the orbit, one line."
+    head = load_run(a.run, a.data, a.force)
+    k = a.frame or 0
+    if k >= len(head.frames):
+        raise UserError(f'--frame {k}: this run loops over {len(head.frames)} training frames: give 0 to {len(head.frames) - 1}')
+    degrees, frames = a.orbit_degrees or ORBIT_DEGREES, a.orbit_frames or ORBIT_FRAMES
+    r = render_orbit(head, out, k, degrees, frames, progress=not a.quiet)
+    print(f'{r["out"]}: orbit of loop frame {k} (training frame {r["loop_frame"]}), {frames} frames over '
+          f'{-degrees:g} to {degrees:g} degrees of yaw at {head.width}x{head.height}; render {r["render_fps"]:.1f} FPS')
+    return 0
+
 def main_render(argv: list[str]) -> int:
-    "`instag render RUN --audio speech.wav --out talk.mp4 [--overwrite]`."
-    ap = argparse.ArgumentParser(prog='instag render', description='Render a trained head speaking any audio to an mp4 with sound.')
+    "`instag render RUN --audio speech.wav --out talk.mp4 [--overwrite]`, or `instag render RUN --orbit [--frame K]`."
+    ap = argparse.ArgumentParser(prog='instag render', description='Render a trained head speaking any audio to an mp4 with '
+                                 'sound, or one frame from a camera swinging around the face (--orbit).')
     ap.add_argument('run', help='training run directory (outputs/train/<run>)')
-    ap.add_argument('--audio', required=True, help='speech: wav, mp3, mp4, ... any rate and length (resampled to 16 kHz)')
-    ap.add_argument('--out', default=None, help='mp4 to write (default: RUN/render-<audio name>.mp4)')
+    ap.add_argument('--audio', default=None, help='speech: wav, mp3, mp4, ... any rate and length (resampled to 16 kHz)')
+    ap.add_argument('--out', default=None, help='mp4 to write (default: RUN/render-<audio name>.mp4, or RUN/orbit-<K>.mp4)')
     ap.add_argument('--overwrite', action='store_true', help='replace --out when it exists (it is replaced only once the new video is complete)')
     ap.add_argument('--data', default=None, help='the training dataset, if it moved since training')
     ap.add_argument('--force', action='store_true', help='accept a --data that holds another recording')
     ap.add_argument('--max-seconds', type=float, default=None, help='render only the first seconds of the audio')
+    ap.add_argument('--orbit', action='store_true', help='render one frame (--frame) from a camera swinging around the face, over white, no sound')
+    ap.add_argument('--frame', type=int, default=None, help='with --orbit: the loop frame to show (default 0, the first)')
+    ap.add_argument('--orbit-degrees', type=float, default=None, help=f'with --orbit: yaw either side of the frame\'s camera (default {ORBIT_DEGREES:g})')
+    ap.add_argument('--orbit-frames', type=int, default=None, help=f'with --orbit: video frames of the sweep (default {ORBIT_FRAMES})')
     ap.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     ap.add_argument('--quiet', action='store_true')
     a = ap.parse_args(argv)
     if a.threads < 0: raise UserError(f'--threads {a.threads}: give a positive number of threads (or 0 for the default)')
     if a.max_seconds is not None and not (a.max_seconds > 0 and math.isfinite(a.max_seconds)):
         raise UserError(f'--max-seconds {a.max_seconds}: give a positive number of seconds')
-    out = Path(a.out) if a.out else Path(a.run) / f'render-{Path(a.audio).stem}.mp4'
+    _check_orbit_options(a)
+    default = f'orbit-{a.frame or 0}.mp4' if a.orbit else f'render-{Path(a.audio).stem}.mp4'
+    out = Path(a.out) if a.out else Path(a.run) / default
     if out.suffix.lower() != '.mp4' and not out.is_dir(): raise UserError(f'--out {out}: instag render writes mp4 files; give a name ending in .mp4')
     if out.is_file() and not a.overwrite:
         raise UserError(f'{out} already exists: pass --overwrite to replace it, or choose another --out')
     probe_writable(out)
     if a.threads: torch.set_num_threads(a.threads)
+    if a.orbit: return _main_orbit(a, out)
     wav = load_audio(a.audio)  # every check of the input before the model loads
     if a.max_seconds: wav = wav[:int(a.max_seconds * SAMPLE_RATE)]
     check_audio_length(len(wav), FPS)
