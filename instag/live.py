@@ -51,19 +51,41 @@ class FeatureStream:
         self.margin = int(np.ceil(self.past_s * self.fps)) + 1  # frames of audio kept before the next frame
         self.wav, self.start = np.zeros(0, np.float32), 0    # kept audio, and the stream sample its [0] is
         self.received, self.done = 0, 0                      # samples received, frames computed
+        self._last: Tensor | None = None                     # the newest row computed
+        self.skipped = 0                                     # frames given the last row instead of their own (`skip`)
 
     @property
     def seconds(self) -> float: return self.received / SAMPLE_RATE
 
     def push(self, pcm: np.ndarray) -> Tensor:  # [S] float mono at 16 kHz -> [n, W, A] the frames it completed
         "Add a chunk; the features of the frames whose future (up to `future_s`) has now arrived."
+        self.append(pcm)
+        return self.compute()
+
+    def append(self, pcm: np.ndarray) -> None:  # [S] float mono at 16 kHz
+        "Add a chunk without computing anything yet (a server takes every chunk waiting, then computes once)."
         pcm = np.asarray(pcm, np.float32).reshape(-1)
         if not np.isfinite(pcm).all(): raise UserError('the audio chunk holds NaN or infinite samples: send PCM in [-1, 1]')
         self.wav = np.concatenate([self.wav, pcm])
         self.received += len(pcm)
+
+    def compute(self) -> Tensor:  # [n, W, A]
+        "The features of every frame that is ready and not out yet, in one batch."
+        return self._compute(max(self.done, self.ready()))
+
+    def ready(self) -> int:
+        "Frames whose features can be computed now (their time inside the audio received, their future arrived)."
         ready = int(np.floor((self.received / SAMPLE_RATE - self.future_s) * self.fps + 1e-9)) + 1
-        ready = min(ready, -(-self.received // self.spf))    # (a frame's time lies inside the audio received)
-        return self._compute(max(self.done, ready))
+        return min(ready, -(-self.received // self.spf))    # (a frame's time lies inside the audio received)
+
+    def skip(self, until: int) -> Tensor:  # [until - done, W, A]
+        "Give frames `done`..until-1 the last row computed instead of their own (a server that cannot keep up)."
+        n = until - self.done
+        if n <= 0: return torch.zeros(0)
+        if self._last is None: return self._compute(until)
+        self.done, self.skipped = until, self.skipped + n
+        self._trim()
+        return self._last[None].expand(n, *self._last.shape).clone()
 
     def flush(self) -> Tensor:  # [n, W, A]
         "The audio has ended: the features of every frame it covers that are not out yet (their future is silence)."
@@ -77,10 +99,13 @@ class FeatureStream:
         wav = self.wav[max(lo, self.start) - self.start:]
         if lo < self.start: wav = np.concatenate([np.zeros(self.start - lo, np.float32), wav])  # before the stream: silence
         feats = self.head.features(wav, frames=end - a0, first=first - a0)
-        self.done = end
-        keep = max(0, (end - self.margin) * self.spf - self.start)  # audio no future frame reads
-        self.wav, self.start = self.wav[keep:], self.start + keep
+        self.done, self._last = end, feats[-1]
+        self._trim()
         return feats
+
+    def _trim(self) -> None:
+        keep = max(0, (self.done - self.margin) * self.spf - self.start)  # audio no frame to come reads
+        self.wav, self.start = self.wav[keep:], self.start + keep
 
 # %% ../nbs/62_live.ipynb #bca334bd
 @dataclass
@@ -89,7 +114,7 @@ class LiveFrame:
     index: int          # video frame k; its time in the stream is k / fps
     time_s: float       # k / fps
     rgb: np.ndarray     # uint8 [H, W, 3]
-    mouth: float        # mean |d_mu| of the mouth Gaussians (metres): how far the audio moved the mouth
+    mouth: float        # spread of the mouth Gaussians along the up axis (metres): how open the mouth is
     ready_s: float      # time.monotonic() when the frame was drawn
 
 @dataclass
@@ -173,8 +198,7 @@ class LiveHead:
         deformed = model.deform(model.conditions(window, self.head.frame(k).aus))
         camera, background = self.view(k)
         rgb = to_uint8(model.render(deformed, camera, background, dilate=True).rgb)
-        d = deformed.deformations.get('mouth')
-        mouth = float(d.d_means.norm(dim=-1).mean()) if d is not None else 0.0
+        mouth = float(deformed.gaussians['mouth']['means'][:, 1].std())
         return LiveFrame(k, k / self.head.fps, rgb, mouth, time.monotonic())
 
 def stream(head: TrainedHead,

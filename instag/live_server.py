@@ -21,7 +21,7 @@ __all__ = ['STOP', 'END', 'FRAME_HEADER', 'PAGE', 'MAX_SAMPLE_RATE', 'encode_fra
 
 # %% ../nbs/62a_live_server.ipynb #38d199c2
 STOP, END = object(), object()        # a session's sentinels: stop at once; the audio ended, draw what it covers
-FRAME_HEADER = struct.Struct('<Iff')   # frame index, its time in the stream (s), mean mouth displacement (mm)
+FRAME_HEADER = struct.Struct('<Iff')   # frame index, its time in the stream (s), mouth opening (mm, `LiveFrame.mouth`)
 PAGE = files('instag') / 'live_page.html'     # package data, beside the modules
 MAX_SAMPLE_RATE = 192_000
 
@@ -86,13 +86,22 @@ class Session:
             self.rows.put(STOP)
 
     def _featurize(self) -> None:
-        while (pcm := self.audio.get()) is not STOP:
-            if pcm is END:
-                self.rows.put(self.live.features.flush())
-                self.rows.put(END)
-                return
-            self.rows.put(self.live.features.push(pcm))
-        self.rows.put(STOP)
+        features, behind = self.live.features, self.live.cfg.max_behind
+        while True:
+            items = [self.audio.get()]
+            while not self.audio.empty(): items.append(self.audio.get_nowait())  # every chunk waiting: one batch
+            for pcm in items:
+                if pcm is STOP:
+                    self.rows.put(STOP)
+                    return
+                if pcm is END:
+                    self.rows.put(features.flush())
+                    self.rows.put(END)
+                    return
+                features.append(pcm)
+            if behind and features.ready() - features.done > behind:  # the encoder cannot keep up: the oldest frames
+                self.rows.put(features.skip(features.ready() - behind))  # take the last row computed
+            self.rows.put(features.compute())
 
     def _draw(self) -> None:
         while True:
@@ -122,6 +131,7 @@ class Session:
         lat = np.array([r['latency_ms'] for r in self.records]) if self.records else np.zeros(1)
         seconds = self.live.features.seconds
         return dict(audio_s=round(seconds, 3), frames=len(self.records), skipped=self.live.skipped,
+                    features_skipped=self.live.features.skipped,
                     fps=round(len(self.records) / max(seconds, 1e-9), 2),
                     latency_median_ms=round(float(np.median(lat)), 1), latency_p95_ms=round(float(np.percentile(lat, 95)), 1),
                     latency_floor_ms=round(1000 * self.live.latency_floor_s, 1))
@@ -219,7 +229,9 @@ class LiveServer:
         self._loop, self._server = asyncio.get_running_loop(), server
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
-        async with server: await server.serve_forever()
+        try:
+            async with server: await server.serve_forever()
+        except asyncio.CancelledError: pass  # stop() closed it
 
     _failed: UserError | None = None
 
