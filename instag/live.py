@@ -114,7 +114,7 @@ class LiveFrame:
     index: int          # video frame k; its time in the stream is k / fps
     time_s: float       # k / fps
     rgb: np.ndarray     # uint8 [H, W, 3]
-    mouth: float        # spread of the mouth Gaussians along the up axis (metres): how open the mouth is
+    mouth: float        # spread of the mouth Gaussians along the up axis (scene units): how open the mouth is
     ready_s: float      # time.monotonic() when the frame was drawn
 
 @dataclass

@@ -21,7 +21,7 @@ __all__ = ['STOP', 'END', 'FRAME_HEADER', 'PAGE', 'MAX_SAMPLE_RATE', 'encode_fra
 
 # %% ../nbs/62a_live_server.ipynb #38d199c2
 STOP, END = object(), object()        # a session's sentinels: stop at once; the audio ended, draw what it covers
-FRAME_HEADER = struct.Struct('<Iff')   # frame index, its time in the stream (s), mouth opening (mm, `LiveFrame.mouth`)
+FRAME_HEADER = struct.Struct('<Iff')   # frame index, its time in the stream (s), mouth opening x 1000 (`LiveFrame.mouth`)
 PAGE = files('instag') / 'live_page.html'     # package data, beside the modules
 MAX_SAMPLE_RATE = 192_000
 
@@ -145,6 +145,7 @@ class LiveServer:
         self.log, self.verbose = Path(log) if log else None, verbose
         self.sessions: list[dict] = []       # the summary of every ended session
         self.current: Session | None = None
+        self.last: Session | None = None     # the session that ended last
         self._loop = self._server = self._thread = None
         self._ready = threading.Event()
         self.hello = self._hello()           # (refuses a head whose features cannot be computed live)
@@ -203,7 +204,7 @@ class LiveServer:
         await asyncio.to_thread(session.close, flush)
         summary = session.summary()
         self.sessions.append(summary)
-        self.current = None
+        self.current, self.last = None, session
         if self.log is not None:
             with open(self.log, 'a') as f:
                 for r in session.records: f.write(json.dumps(dict(session=len(self.sessions), **r)) + '\n')

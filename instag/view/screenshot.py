@@ -31,6 +31,7 @@ def chromium_screenshot(url: str, path: Path | str, width: int = 1100, height: i
                         settle_s: float = 6.0,  # seconds for the page to draw what arrived (the canvas fades in)
                         timeout: float = 120,
                         actions: Callable | None = None,  # actions(call): DevTools calls after loading (clicks, keys)
+                        flags: tuple[str, ...] = (),      # more Chromium switches (e.g. a fake microphone)
                         ) -> Path:
     "PNG screenshot of `url` by headless Chromium (fresh profile, DevTools protocol); UserError without Chromium."
     import base64, json, urllib.request
@@ -41,7 +42,7 @@ def chromium_screenshot(url: str, path: Path | str, width: int = 1100, height: i
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='instag-chromium-', ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([exe, *CHROMIUM_FLAGS, f'--user-data-dir={profile}', f'--window-size={width},{height}',
-                                 '--remote-debugging-port=0', 'about:blank'],
+                                 '--remote-debugging-port=0', *flags, 'about:blank'],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             host = _devtools(proc, timeout)
