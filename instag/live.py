@@ -145,6 +145,7 @@ class LiveHead:
         self.rows, self.offset = torch.zeros(0), 0             # the newest feature rows, and the frame of rows[0]
         self.next = 0                                          # the next frame to draw
         self.skipped = 0
+        self.last: tuple[int, dict] | None = None             # (k, branch -> Gaussians) of the newest frame drawn
         self._views: dict[int, tuple[Camera, Tensor]] = {}
 
     @property
@@ -196,6 +197,7 @@ class LiveHead:
         window = audio_window(self.rows, k - self.offset, self.size)
         model = self.head.model
         deformed = model.deform(model.conditions(window, self.head.frame(k).aus))
+        self.last = k, deformed.gaussians
         camera, background = self.view(k)
         rgb = to_uint8(model.render(deformed, camera, background, dilate=True).rgb)
         mouth = float(deformed.gaussians['mouth']['means'][:, 1].std())

@@ -16,8 +16,8 @@ from .layout import SAMPLE_RATE
 from .live import LiveConfig, LiveFrame, LiveHead
 
 # %% auto #0
-__all__ = ['STOP', 'END', 'FRAME_HEADER', 'PAGE', 'MAX_SAMPLE_RATE', 'encode_frame', 'decode_frame', 'check_start', 'pcm_samples',
-           'Session', 'LiveServer', 'play', 'main_live']
+__all__ = ['STOP', 'END', 'FRAME_HEADER', 'PAGE', 'MAX_SAMPLE_RATE', 'LIVE_TRACK', 'encode_frame', 'decode_frame', 'check_start',
+           'pcm_samples', 'Session', 'LiveServer', 'live_scene', 'play', 'main_live']
 
 # %% ../nbs/62a_live_server.ipynb #38d199c2
 STOP, END = object(), object()        # a session's sentinels: stop at once; the audio ended, draw what it covers
@@ -57,8 +57,8 @@ def pcm_samples(message: bytes) -> np.ndarray:  # -> [S] float32 in [-1, 1]
 # %% ../nbs/62a_live_server.ipynb #d1c76ceb
 class Session:
     "One page's stream: audio in (`feed`), frames out through `send(bytes)`, from two threads."
-    def __init__(self, live: LiveHead, send, quality: int = 80):
-        self.live, self.send, self.quality = live, send, quality
+    def __init__(self, live: LiveHead, send, quality: int = 80, on_frame=None):  # on_frame(): after each frame sent
+        self.live, self.send, self.quality, self.on_frame = live, send, quality, on_frame
         self.audio: queue.Queue = queue.Queue()
         self.rows: queue.Queue = queue.Queue()
         self.arrivals: list[tuple[int, float]] = []   # (samples received so far, time.monotonic()) per chunk
@@ -125,6 +125,7 @@ class Session:
         sample = int(frame.time_s * SAMPLE_RATE)
         self.records.append(dict(index=frame.index, time_s=frame.time_s, mouth_mm=1000 * frame.mouth,
                                  latency_ms=1000 * (time.monotonic() - self.arrival(sample))))
+        if self.on_frame is not None: self.on_frame()
 
     def summary(self) -> dict:
         "Frames, frame rate and latency (median, p95) of the session so far."
@@ -140,8 +141,10 @@ class Session:
 class LiveServer:
     "The page and its WebSocket for one head; one session at a time. `start()`: in a thread; `serve_forever()`: here."
     def __init__(self, head, cfg: LiveConfig | None = None, host: str = '127.0.0.1', port: int = 8890,
-                 log: Path | str | None = None, verbose: bool = True):
+                 log: Path | str | None = None, verbose: bool = True,
+                 view_port: int | None = None):  # also serve the 3D viewer there, following the stream (0: any port)
         self.head, self.cfg, self.host, self.port = head, cfg or LiveConfig(max_behind=2), host, port
+        self.view_port, self.viewer = view_port, None
         self.log, self.verbose = Path(log) if log else None, verbose
         self.sessions: list[dict] = []       # the summary of every ended session
         self.current: Session | None = None
@@ -182,7 +185,8 @@ class LiveServer:
         session, flush = None, False
         try:
             check_start(await asyncio.wait_for(ws.recv(), 60))
-            session = self.current = Session(LiveHead(self.head, self.cfg), send, self.cfg.jpeg_quality)
+            redraw = self.viewer.request_redraw if self.viewer is not None else None
+            session = self.current = Session(LiveHead(self.head, self.cfg), send, self.cfg.jpeg_quality, redraw)
             await ws.send(json.dumps(self.hello))
             async for message in ws:
                 if isinstance(message, bytes): session.feed(pcm_samples(message))
@@ -242,13 +246,22 @@ class LiveServer:
         self._thread.start()
         self._ready.wait(30)
         if self._failed: raise self._failed
+        if self.view_port is not None:
+            from instag.view.viewer import Viewer
+            self.viewer = Viewer(live_scene(self.head, self.latest), host=self.host, port=self.view_port)
         return self
+
+    def latest(self) -> tuple[int, dict] | None:
+        "(k, branch -> Gaussians) of the newest frame streamed, in the session running or the last one; None before."
+        session = self.current or self.last
+        return session.live.last if session is not None else None
 
     def stop(self) -> None:
         "Stop serving (a session in progress ends as if its page closed)."
         if self._loop is not None and self._server is not None:
             self._loop.call_soon_threadsafe(self._server.close)
         if self._thread is not None: self._thread.join(30)
+        if self.viewer is not None: self.viewer.stop()
 
     def serve_forever(self) -> None:
         "Serve in this thread until Ctrl-C."
@@ -257,6 +270,25 @@ class LiveServer:
             while self._thread.is_alive(): self._thread.join(0.5)
         finally:
             self.stop()
+
+# %% ../nbs/62a_live_server.ipynb #b7e2c411
+LIVE_TRACK = 'live'
+
+def live_scene(head, latest) -> 'instag.view.viewer.Scene':  # latest() -> (k, branch -> Gaussians) or None
+    "The viewer's scene of `head` whose first track shows the newest streamed frame (`latest`); the others as `instag view`."
+    from instag.view.scenes import head_scene
+    from instag.view.viewer import Track
+    scene = head_scene(head, f'{head.run_dir.name} (live)')
+    deform, background = scene.deform, scene.background
+    def live_deform(track: str, frame: int, components: str) -> dict:
+        now = latest() if track == LIVE_TRACK else None
+        return now[1] if now is not None else deform('training audio' if track == LIVE_TRACK else track, frame, components)
+    def live_background(track: str, frame: int, camera):
+        now = latest() if track == LIVE_TRACK else None
+        return background('training audio' if track == LIVE_TRACK else track, now[0] if now else frame, camera)
+    scene.deform, scene.background = live_deform, live_background
+    scene.tracks = {LIVE_TRACK: Track(1, None), **scene.tracks}
+    return scene
 
 # %% ../nbs/62a_live_server.ipynb #f0a4771b
 def play(url: str,                  # a live server's page, e.g. http://127.0.0.1:8890/
@@ -313,6 +345,8 @@ def main_live(argv: list[str]) -> int:
     p.add_argument('--max-behind', type=int, default=2, help='frames drawing may fall behind before the oldest are skipped')
     p.add_argument('--log', type=Path, default=None, help='append one JSON line per frame sent (time, mouth, latency)')
     p.add_argument('--seconds', type=float, default=None, help='stop after this many seconds (default: until Ctrl-C)')
+    p.add_argument('--view', type=int, default=None, metavar='PORT',
+                   help='also serve the 3D viewer on PORT, following the stream (0: any free port; it shares the CPU)')
     a = p.parse_args(argv)
     check_host(a.host)
     if not 0 <= a.port <= 65535: raise UserError(f'--port {a.port} is not a port: give 1..65535, or 0 for any free one')
@@ -321,10 +355,12 @@ def main_live(argv: list[str]) -> int:
         raise UserError(f'--lookahead {a.lookahead}: give seconds >= 0 (0: no future audio at all)')
     cfg = LiveConfig.from_dict(dict(size=a.size, lookahead_s=a.lookahead, max_behind=a.max_behind))  # (bounds checked)
     if a.log is not None and a.log.parent and not a.log.parent.is_dir(): raise UserError(f'--log {a.log}: its folder does not exist')
-    server = LiveServer(load_run(a.run, a.data), cfg, a.host, a.port, a.log).start()
+    if a.view is not None and not 0 <= a.view <= 65535: raise UserError(f'--view {a.view} is not a port: give 1..65535, or 0')
+    server = LiveServer(load_run(a.run, a.data), cfg, a.host, a.port, a.log, view_port=a.view).start()
     h = server.hello
     print(f'instag live: {a.run.name} at {server.url} ({h["width"]}x{h["height"]}, {h["features"]}, latency floor '
           f'{h["latency_floor_ms"]:.0f} ms; Ctrl-C to stop)', flush=True)
+    if server.viewer is not None: print(f'instag live: the 3D viewer follows the stream at {server.viewer.url}', flush=True)
     try:
         end = time.monotonic() + a.seconds if a.seconds is not None else float('inf')
         while time.monotonic() < end: time.sleep(min(0.5, max(0.0, end - time.monotonic())))

@@ -155,7 +155,7 @@ def test_the_page_is_served_on_localhost(server):
 def test_cli_refuses_bad_options_in_one_line(head, capsys):
     from instag.cli import main
     for args, says in ((['--port', '70000'], 'port'), (['--lookahead', 'nan'], 'lookahead'), (['--size', '4'], 'size'),
-                       (['--host', 'no.such.host.invalid'], 'no such address')):
+                       (['--host', 'no.such.host.invalid'], 'no such address'), (['--view', '99999'], '--view')):
         rc = main(['live', str(head.run_dir), '--seconds', '1', *args])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and says in err and len(err.splitlines()) == 1, (args, err)
