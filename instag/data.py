@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from fastcore.basics import patch
 import torch
 from PIL import Image
 from torch import Tensor
@@ -365,59 +366,66 @@ class TalkingHeadDataset:
         return (f'TalkingHeadDataset({self.root.name}: {len(self)} frames {self.width}x{self.height} @ {self.fps} fps, '
                 f'{"official" if self.official else "instag"} layout, audio {self.audio_source} {tuple(self.audio_features.shape)})')
 
-    def camera(self, i: int) -> Camera:
-        "The camera of frame `i`."
-        return Camera(self.viewmats[self._row[i]], self.K, self.width, self.height)
+# %% ../nbs/22_data.ipynb #eb61de59
+@patch
+def camera(self: TalkingHeadDataset, i: int) -> Camera:
+    "The camera of frame `i`."
+    return Camera(self.viewmats[self._row[i]], self.K, self.width, self.height)
 
-    def split(self, seconds: float | str | None = 5.0, test: str = 'rest') -> Split:
-        "Train on the first `seconds` (None or 'all': the whole training part); test on the rest, or on the tail only."
-        if test not in ('rest', 'tail'): raise ValueError(f"test must be 'rest' or 'tail', got {test!r}")
-        held = sorted(self._val_ids - self._train_ids)
-        pool = sorted(self._train_ids) if held else list(self.ids)
-        if not pool: raise UserError(f'{self.root} has no training frames (every frame is held out): prepare it again '
-                                     'with a smaller --val-fraction')
-        if not held:
-            n = max(1, min(round(HOLDOUT_S * self.fps), len(pool) // 2))
-            pool, held = pool[:-n], pool[-n:]
-        if seconds in (None, 'all'): return Split(pool, held)
-        if float(seconds) <= 0: raise UserError(f'seconds must be positive (or all), got {seconds}')
-        end = pool[0] + round(float(seconds) * self.fps)
-        if end > pool[-1] + 1:
-            raise UserError(f'asked to train on {seconds} s but the training part of {self.root} holds '
-                            f'{(pool[-1] + 1 - pool[0]) / self.fps:.1f} s: ask for less, or all')
-        return Split([i for i in pool if i < end], [i for i in self.ids if i >= end] if test == 'rest' else held)
+@patch
+def split(self: TalkingHeadDataset, seconds: float | str | None = 5.0, test: str = 'rest') -> Split:
+    "Train on the first `seconds` (None or 'all': the whole training part); test on the rest, or on the tail only."
+    if test not in ('rest', 'tail'): raise ValueError(f"test must be 'rest' or 'tail', got {test!r}")
+    held = sorted(self._val_ids - self._train_ids)
+    pool = sorted(self._train_ids) if held else list(self.ids)
+    if not pool: raise UserError(f'{self.root} has no training frames (every frame is held out): prepare it again '
+                                 'with a smaller --val-fraction')
+    if not held:
+        n = max(1, min(round(HOLDOUT_S * self.fps), len(pool) // 2))
+        pool, held = pool[:-n], pool[-n:]
+    if seconds in (None, 'all'): return Split(pool, held)
+    if float(seconds) <= 0: raise UserError(f'seconds must be positive (or all), got {seconds}')
+    end = pool[0] + round(float(seconds) * self.fps)
+    if end > pool[-1] + 1:
+        raise UserError(f'asked to train on {seconds} s but the training part of {self.root} holds '
+                        f'{(pool[-1] + 1 - pool[0]) / self.fps:.1f} s: ask for less, or all')
+    return Split([i for i in pool if i < end], [i for i in self.ids if i >= end] if test == 'rest' else held)
 
-    def _decode(self, i: int) -> tuple:
-        "uint8 image, labels and background, float16 priors of frame `i` (cached)."
-        hit = self.cache.get(i)
-        if hit is not None: return hit
-        r, f, fix = self.root, frame_files(self.root, i, self.image_dir, self.prior_dirs), 'rerun instag prepare to remake it'
-        npy = lambda p: read_npy(p, fix, lead=(self.height, self.width)) if p is not None else None
-        image = _rgb(f['image'])
-        if f['masks'] is not None: labels = _image(f['masks'], None)
-        elif f['parsing'] is not None: labels = parsing_to_labels(_rgb(f['parsing']), npy(f['teeth']))
-        else: raise UserError(f'{r} has no region masks for frame {i} (instag/masks/{i}.png or parsing/{i}.png): rerun instag prepare')
-        background = self.plate
-        if f['torso'] is not None:
-            torso = _image(f['torso'], 'RGBA').astype(np.uint16)
-            alpha = torso[..., 3:]  # integer "over" compositing, rounded: (rgb * a + plate * (255 - a)) / 255
-            background = ((torso[..., :3] * alpha + self.plate * (255 - alpha) + 127) // 255).astype(np.uint8)
-        priors = [None if f[k] is None else np.nan_to_num(npy(f[k]).astype(np.float16)) for k in ('depth', 'normal')]
-        out = (image, labels, background, *priors)
-        self.cache.put(i, out)
-        return out
+# %% ../nbs/22_data.ipynb #8dfc2199
+@patch
+def _decode(self: TalkingHeadDataset, i: int) -> tuple:
+    "uint8 image, labels and background, float16 priors of frame `i` (cached)."
+    hit = self.cache.get(i)
+    if hit is not None: return hit
+    r, f, fix = self.root, frame_files(self.root, i, self.image_dir, self.prior_dirs), 'rerun instag prepare to remake it'
+    npy = lambda p: read_npy(p, fix, lead=(self.height, self.width)) if p is not None else None
+    image = _rgb(f['image'])
+    if f['masks'] is not None: labels = _image(f['masks'], None)
+    elif f['parsing'] is not None: labels = parsing_to_labels(_rgb(f['parsing']), npy(f['teeth']))
+    else: raise UserError(f'{r} has no region masks for frame {i} (instag/masks/{i}.png or parsing/{i}.png): rerun instag prepare')
+    background = self.plate
+    if f['torso'] is not None:
+        torso = _image(f['torso'], 'RGBA').astype(np.uint16)
+        alpha = torso[..., 3:]  # integer "over" compositing, rounded: (rgb * a + plate * (255 - a)) / 255
+        background = ((torso[..., :3] * alpha + self.plate * (255 - alpha) + 127) // 255).astype(np.uint8)
+    priors = [None if f[k] is None else np.nan_to_num(npy(f[k]).astype(np.float16)) for k in ('depth', 'normal')]
+    out = (image, labels, background, *priors)
+    self.cache.put(i, out)
+    return out
 
-    def frame(self, i: int) -> Frame:
-        "Frame number `i` (its `img_id`)."
-        if i not in self._row: raise KeyError(f'frame {i} is not in {self.root} (frames {self.ids[0]}..{self.ids[-1]})')
-        try: image, labels, background, depth, normal = self._decode(i)
-        except FileNotFoundError as e: raise UserError(f'{e.filename} is missing: run instag check-data {self.root}') from None
-        f32 = lambda a: None if a is None else torch.from_numpy(a.astype(np.float32))
-        # NumPy for the conversions: torch's thread pool makes these small ops slow on a busy CPU
-        unit = lambda a: torch.from_numpy(np.multiply(a, np.float32(1 / 255), dtype=np.float32))
-        return Frame(i, unit(image), torch.from_numpy(labels.copy()), unit(background), self.camera(i),
-                     audio_window(self.audio_features, i, self.config.audio_window), self.aus[i], f32(depth), f32(normal))
+@patch
+def frame(self: TalkingHeadDataset, i: int) -> Frame:
+    "Frame number `i` (its `img_id`)."
+    if i not in self._row: raise KeyError(f'frame {i} is not in {self.root} (frames {self.ids[0]}..{self.ids[-1]})')
+    try: image, labels, background, depth, normal = self._decode(i)
+    except FileNotFoundError as e: raise UserError(f'{e.filename} is missing: run instag check-data {self.root}') from None
+    f32 = lambda a: None if a is None else torch.from_numpy(a.astype(np.float32))
+    # NumPy for the conversions: torch's thread pool makes these small ops slow on a busy CPU
+    unit = lambda a: torch.from_numpy(np.multiply(a, np.float32(1 / 255), dtype=np.float32))
+    return Frame(i, unit(image), torch.from_numpy(labels.copy()), unit(background), self.camera(i),
+                 audio_window(self.audio_features, i, self.config.audio_window), self.aus[i], f32(depth), f32(normal))
 
-    def batch(self, ids: list[int]) -> FrameBatch:
-        "The listed frames as one `FrameBatch`."
-        return collate([self.frame(int(i)) for i in ids])
+@patch
+def batch(self: TalkingHeadDataset, ids: list[int]) -> FrameBatch:
+    "The listed frames as one `FrameBatch`."
+    return collate([self.frame(int(i)) for i in ids])

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from fastcore.basics import patch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -193,91 +194,105 @@ class MotionField(nn.Module):
         # flat). They belong to the field: a pre-trained universal field carries the statistics it learned under
         self.register_buffer('audio_stats', torch.stack([torch.zeros(cfg.audio_in_dim), torch.ones(cfg.audio_in_dim)]))
 
-    @torch.no_grad()
-    def set_audio_stats(self, features: Tensor) -> None:
-        "Standardize audio windows per channel with the mean and std of `features` [..., D] from now on."
-        x = features.reshape(-1, features.shape[-1]).float()
-        self.audio_stats.copy_(torch.stack([x.mean(0), x.std(0).clamp_min(1e-3 * float(x.std()) + 1e-6)]))
+# %% ../nbs/42_motion.ipynb #2b1a66e1
+@patch
+@torch.no_grad()
+def set_audio_stats(self: MotionField, features: Tensor) -> None:
+    "Standardize audio windows per channel with the mean and std of `features` [..., D] from now on."
+    x = features.reshape(-1, features.shape[-1]).float()
+    self.audio_stats.copy_(torch.stack([x.mean(0), x.std(0).clamp_min(1e-3 * float(x.std()) + 1e-6)]))
 
-    def encode_audio(self, audio: Tensor) -> Tensor:  # [frames, W, D] raw features -> [audio_dim]
-        "One audio code per frame: standardize, AudioNet on each frame of the window, then the temporal attention."
-        audio = (audio - self.audio_stats[0]) / self.audio_stats[1]
-        return self.audio_att_net(self.audio_net(audio)[None])[0]
+@patch
+def encode_audio(self: MotionField, audio: Tensor) -> Tensor:  # [frames, W, D] raw features -> [audio_dim]
+    "One audio code per frame: standardize, AudioNet on each frame of the window, then the temporal attention."
+    audio = (audio - self.audio_stats[0]) / self.audio_stats[1]
+    return self.audio_att_net(self.audio_net(audio)[None])[0]
 
-    @torch.no_grad()
-    def precompute(self, means: Tensor) -> MotionCache:  # [N, 3] query positions
-        "What `forward` computes from the query positions alone; pass it back as `cache=` while they and the weights stay."
-        h = self.encoder(means)
-        W = self.deform_net.layers[0].weight                                  # [hidden, H + A + E + hook]
-        att_audio = self.region_att_net(h) if self.region_att_net is not None else None
-        att_eye = F.relu(self.eye_att_net(h)) if self.cfg.expression_dim else None
-        return MotionCache(len(means), h @ W[:, :self.encoder.out_dim].T, att_audio, att_eye)
+# %% ../nbs/42_motion.ipynb #8ecff271
+@patch
+def _expression(self: MotionField, expression: Tensor) -> Tensor:  # [E] action units -> [E]
+    "AU01..AU07 through the expression MLP, AU45 (blink) clipped and appended raw."
+    E = self.cfg.expression_dim
+    assert expression is not None and expression.shape == (E,), f'expression must be [{E}] action units'
+    return torch.cat([self.expression_net(expression[:-1]), expression[-1:].clamp(0, self.cfg.blink_max)])
 
-    def _first_layer(self, cache: MotionCache, code: Tensor, expression: Tensor | None, hook: Tensor | None) -> Tensor:
-        """The first MLP layer from a `MotionCache`: it is linear, so per frame only att_audio @ (code * W_code)
-        + att_eye @ (e * W_e) + W_hook phi remain, small matmuls instead of one over [H(mu) | C]."""
-        H, A, E = self.encoder.out_dim, self.cfg.audio_dim, self.cfg.expression_dim
-        W = self.deform_net.layers[0].weight
-        Wc = W[:, H:H + A].T                                                  # [A, hidden]
-        x = cache.first_layer + (code @ Wc if cache.att_audio is None else cache.att_audio @ (code[:, None] * Wc))
-        if E: x = x + cache.att_eye @ (self._expression(expression)[:, None] * W[:, H + A:H + A + E].T)
-        if self.cfg.hook_dim and hook is not None: x = x + W[:, H + A + E:] @ hook
-        return x
+@patch
+def _deformation(self: MotionField, out: Tensor, code: Tensor) -> Deformation:  # [N, out_dim] MLP output
+    "The MLP output cut into a `Deformation`: d_mu (damped per axis), then d_q and d_s when the field predicts them."
+    shape = self.cfg.predict_shape
+    return Deformation(out[:, :3] * self.means_axis_scale, out[:, 7:10] if shape else None,
+                       out[:, 3:7] if shape else None, code)
 
-    def _expression(self, expression: Tensor) -> Tensor:  # [E] action units -> [E]
-        "AU01..AU07 through the expression MLP, AU45 (blink) clipped and appended raw."
-        E = self.cfg.expression_dim
-        assert expression is not None and expression.shape == (E,), f'expression must be [{E}] action units'
-        return torch.cat([self.expression_net(expression[:-1]), expression[-1:].clamp(0, self.cfg.blink_max)])
+@patch
+def forward(self: MotionField, means: Tensor,   # [N, 3] canonical (or aligner-shifted) positions
+            audio: Tensor,                      # [frames, W, D] audio window of the frame
+            expression: Tensor | None = None,   # [expression_dim] action units of the frame
+            hook: Tensor | None = None,         # [hook_dim] face-mouth hook features; None: zeros
+            return_attention: bool = False,
+            cache: MotionCache | None = None):  # `precompute(means)`: the fast inference path
+    "The frame's `Deformation` (and `MotionAttention` when asked)."
+    cfg, N = self.cfg, means.shape[0]
+    assert means.ndim == 2 and means.shape[1] == 3, f'means must be [N, 3], got {tuple(means.shape)}'
+    raw = self.encode_audio(audio)                                       # [32]
+    if cache is not None and not return_attention:
+        assert cache.points == N, f'the cache holds {cache.points} points, the query {N}: precompute it again'
+        x = self._first_layer(cache, raw, expression, hook)
+        for layer in self.deform_net.layers[1:]: x = layer(F.relu(x))
+        return self._deformation(x, raw)
+    h = self.encoder(means)                                               # [N, 36]
+    code = raw.expand(N, -1)                                             # [N, 32]
+    att_audio = att_eye = None
+    if self.region_att_net is not None:
+        att_audio = self.region_att_net(h)
+        code = code * att_audio
+    parts = [h, code]
+    if cfg.expression_dim:
+        att_eye = F.relu(self.eye_att_net(h))                             # [N, 6]
+        parts.append(self._expression(expression) * att_eye)
+    if cfg.hook_dim:
+        hook = means.new_zeros(cfg.hook_dim) if hook is None else hook
+        parts.append(hook.expand(N, -1))
+    d = self._deformation(self.deform_net(torch.cat(parts, 1)), raw)
+    if not return_attention: return d
+    norm = lambda a: None if a is None else a.norm(dim=-1, keepdim=True)
+    return d, MotionAttention(norm(att_audio), norm(att_eye))
 
-    def _deformation(self, out: Tensor, code: Tensor) -> Deformation:  # [N, out_dim] MLP output
-        shape = self.cfg.predict_shape
-        return Deformation(out[:, :3] * self.means_axis_scale, out[:, 7:10] if shape else None,
-                           out[:, 3:7] if shape else None, code)
+# %% ../nbs/42_motion.ipynb #9c58533f
+@patch
+@torch.no_grad()
+def precompute(self: MotionField, means: Tensor) -> MotionCache:  # [N, 3] query positions
+    "What `forward` computes from the query positions alone; pass it back as `cache=` while they and the weights stay."
+    h = self.encoder(means)
+    W = self.deform_net.layers[0].weight                                  # [hidden, H + A + E + hook]
+    att_audio = self.region_att_net(h) if self.region_att_net is not None else None
+    att_eye = F.relu(self.eye_att_net(h)) if self.cfg.expression_dim else None
+    return MotionCache(len(means), h @ W[:, :self.encoder.out_dim].T, att_audio, att_eye)
 
-    def forward(self, means: Tensor,                # [N, 3] canonical (or aligner-shifted) positions
-                audio: Tensor,                      # [frames, W, D] audio window of the frame
-                expression: Tensor | None = None,   # [expression_dim] action units of the frame
-                hook: Tensor | None = None,         # [hook_dim] face-mouth hook features; None: zeros
-                return_attention: bool = False,
-                cache: MotionCache | None = None):  # `precompute(means)`: the fast inference path
-        "The frame's `Deformation` (and `MotionAttention` when asked)."
-        cfg, N = self.cfg, means.shape[0]
-        assert means.ndim == 2 and means.shape[1] == 3, f'means must be [N, 3], got {tuple(means.shape)}'
-        raw = self.encode_audio(audio)                                       # [32]
-        if cache is not None and not return_attention:
-            assert cache.points == N, f'the cache holds {cache.points} points, the query {N}: precompute it again'
-            x = self._first_layer(cache, raw, expression, hook)
-            for layer in self.deform_net.layers[1:]: x = layer(F.relu(x))
-            return self._deformation(x, raw)
-        h = self.encoder(means)                                               # [N, 36]
-        code = raw.expand(N, -1)                                             # [N, 32]
-        att_audio = att_eye = None
-        if self.region_att_net is not None:
-            att_audio = self.region_att_net(h)
-            code = code * att_audio
-        parts = [h, code]
-        if cfg.expression_dim:
-            att_eye = F.relu(self.eye_att_net(h))                             # [N, 6]
-            parts.append(self._expression(expression) * att_eye)
-        if cfg.hook_dim:
-            hook = means.new_zeros(cfg.hook_dim) if hook is None else hook
-            parts.append(hook.expand(N, -1))
-        d = self._deformation(self.deform_net(torch.cat(parts, 1)), raw)
-        if not return_attention: return d
-        norm = lambda a: None if a is None else a.norm(dim=-1, keepdim=True)
-        return d, MotionAttention(norm(att_audio), norm(att_eye))
+@patch
+def _first_layer(self: MotionField, cache: MotionCache, code: Tensor,
+                 expression: Tensor | None, hook: Tensor | None) -> Tensor:
+    """The first MLP layer from a `MotionCache`: it is linear, so per frame only att_audio @ (code * W_code)
+    + att_eye @ (e * W_e) + W_hook phi remain, small matmuls instead of one over [H(mu) | C]."""
+    H, A, E = self.encoder.out_dim, self.cfg.audio_dim, self.cfg.expression_dim
+    W = self.deform_net.layers[0].weight
+    Wc = W[:, H:H + A].T                                                  # [A, hidden]
+    x = cache.first_layer + (code @ Wc if cache.att_audio is None else cache.att_audio @ (code[:, None] * Wc))
+    if E: x = x + cache.att_eye @ (self._expression(expression)[:, None] * W[:, H + A:H + A + E].T)
+    if self.cfg.hook_dim and hook is not None: x = x + W[:, H + A + E:] @ hook
+    return x
 
-    def param_groups(self, lr_grid: float = 5e-3, lr_net: float = 5e-4, weight_decay: float = 0.0,
-                     attention_lr_mult: float = 5.0, attention_weight_decay: float = 1e-4) -> list[dict]:
-        "Optimizer groups as the official code: grid lr, network lr, AudioAttNet x5 lr with weight decay 1e-4."
-        att = set(map(id, self.audio_att_net.parameters()))
-        grid = set(map(id, self.encoder.parameters()))
-        net = [p for p in self.parameters() if id(p) not in att | grid]
-        return [{'params': list(self.encoder.parameters()), 'lr': lr_grid},
-                {'params': net, 'lr': lr_net, 'weight_decay': weight_decay},
-                {'params': list(self.audio_att_net.parameters()), 'lr': lr_net * attention_lr_mult,
-                 'weight_decay': attention_weight_decay}]
+# %% ../nbs/42_motion.ipynb #6106eda1
+@patch
+def param_groups(self: MotionField, lr_grid: float = 5e-3, lr_net: float = 5e-4, weight_decay: float = 0.0,
+                 attention_lr_mult: float = 5.0, attention_weight_decay: float = 1e-4) -> list[dict]:
+    "Optimizer groups as the official code: grid lr, network lr, AudioAttNet x5 lr with weight decay 1e-4."
+    att = set(map(id, self.audio_att_net.parameters()))
+    grid = set(map(id, self.encoder.parameters()))
+    net = [p for p in self.parameters() if id(p) not in att | grid]
+    return [{'params': list(self.encoder.parameters()), 'lr': lr_grid},
+            {'params': net, 'lr': lr_net, 'weight_decay': weight_decay},
+            {'params': list(self.audio_att_net.parameters()), 'lr': lr_net * attention_lr_mult,
+             'weight_decay': attention_weight_decay}]
 
 # %% ../nbs/42_motion.ipynb #44a297a7
 @dataclass
