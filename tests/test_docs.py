@@ -72,6 +72,8 @@ def test_site_pages(site):
     for name, _ in modules():
         text = (site / 'api' / f'{name}.html').read_text()
         assert 'doc-object' in text or 'doc-contents' in text, f'api/{name}.html has no docstrings'
+    motion = (site / 'api' / 'instag.motion.html').read_text()   # methods added with @patch are listed with their class
+    assert 'set_audio_stats' in motion and 'param_groups' in motion and 'per channel with the mean and std' in motion
     talking_head = (site / 'api' / 'instag.talking_head.html').read_text()
     assert 'face_mouth_hook' in talking_head and 'how far the face opens the mouth' in talking_head
     lipsync = (site / 'results' / 'lipsync_real.html').read_text()

@@ -113,7 +113,10 @@ def api_pages() -> dict[str, list]:
         link = f'Explained in the chapter [{title_of(NBS / nb)}](../{nb}).\n\n' if nb else ''
         page = STAGE / 'api' / f'{name}.md'
         page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_text(f'# `{name}`\n\n{link}::: {name}\n', encoding='utf-8')
+        # methods added with fastcore's @patch live outside their class in the source: those pages import the module
+        source = (ROOT / Path(*name.split('.'))).with_suffix('.py').read_text(encoding='utf-8')
+        options = '    options:\n      force_inspection: true\n' if '\n@patch' in source else ''
+        page.write_text(f'# `{name}`\n\n{link}::: {name}\n{options}', encoding='utf-8')
         nav[chapter(nb) if nb else 'Core'].append({name: f'api/{name}.md'})
     return nav
 
