@@ -14,7 +14,9 @@ Without --run it builds two heads on one synthetic person at 256 px, adapted for
 counts (8000 face, 850 mouth, as a real adapted head has): one on the `real` prior with Whisper features (the default
 for real people), one on the `synthetic` prior with log-mel features. The speech is `musetalk_eng.wav` from ../shared
 (or the synthetic person's own audio when ../shared is absent). The last line is one JSON object: `live_fps_256` and
-`audio_to_frame_ms` (median, p95) of the first head with its exact features, then every setting.
+`audio_to_frame_ms` (median, p95) of the first head as `instag live` streams it by default (the exact lookahead; for a
+Whisper head, its encoder in int8), then every setting, each with how far its frames are from the exact features'
+(float32 encoder, the whole future): the mouth opening's correlation and the frames' PSNR.
 """
 from __future__ import annotations
 import argparse, json, os, sys, tempfile, time
@@ -64,23 +66,27 @@ def offline_fps(head, wav: np.ndarray, frames: int = 40) -> float:
     return frames / (time.perf_counter() - t)
 
 
-def mouth_drift(head, wav: np.ndarray, lookahead: float | None) -> float:
-    "Correlation of the mouth opening with a lookahead against the exact features' (20 ms chunks, every frame drawn)."
+def drift(head, wav: np.ndarray, lookahead: float | None, encoder: str) -> tuple[float, float]:
+    "(mouth r, frames PSNR dB) of a setting against the exact features (float32, the whole future): 20 ms chunks, every frame."
     from instag.live import stream
+    from instag.losses import psnr
     chunks = lambda: (wav[i:i + 320] for i in range(0, len(wav), 320))  # each frame computed once its lookahead arrived
-    small = lambda la: np.array([f.mouth for f in stream(head, chunks(), LiveConfig(size=32, lookahead_s=la))])
-    exact, cut = small(None), small(lookahead)
-    return float(np.corrcoef(exact, cut)[0, 1])
+    run = lambda la, enc: list(stream(head, chunks(), LiveConfig(size=128, lookahead_s=la, encoder=enc)))
+    exact, got = run(None, 'float32'), run(lookahead, encoder)
+    r = float(np.corrcoef([f.mouth for f in exact], [f.mouth for f in got])[0, 1])
+    pictures = lambda frames: torch.from_numpy(np.stack([f.rgb for f in frames[::5]]).astype(np.float32) / 255)
+    return r, float(psnr(pictures(got), pictures(exact)))
 
 
-def measure(head, wav: np.ndarray, lookahead: float | None) -> dict:
-    server = LiveServer(head, LiveConfig(size=256, lookahead_s=lookahead, max_behind=2), port=0, verbose=False).start()
+def measure(head, wav: np.ndarray, lookahead: float | None, encoder: str) -> dict:
+    server = LiveServer(head, LiveConfig(size=256, lookahead_s=lookahead, max_behind=2, encoder=encoder), port=0,
+                        verbose=False).start()
     try: got = play(server.url, wav)
     finally: server.stop()
     frames = got['frames']
     lat = np.array([f['latency_ms'] for f in frames]) if frames else np.array([np.nan])
     seconds = len(wav) / SAMPLE_RATE
-    return dict(features=head.audio_source, lookahead_s=got['ready']['lookahead_s'], frames=len(frames),
+    return dict(features=head.audio_source, encoder=encoder, lookahead_s=got['ready']['lookahead_s'], frames=len(frames),
                 skipped=got['end']['skipped'] if got['end'] else None,
                 features_skipped=got['end']['features_skipped'] if got['end'] else None, live_fps=round(len(frames) / seconds, 2),
                 latency_median_ms=round(float(np.median(lat)), 1), latency_p95_ms=round(float(np.percentile(lat, 95)), 1),
@@ -113,25 +119,30 @@ def main() -> int:
         reference = offline_fps(head, wav)
         n = head.model.num_gaussians()
         exact = LiveHead(head).features.future_s
-        for lookahead in [la for la in lookaheads if la is None or la < exact]:  # (a lookahead past the exact one changes nothing)
-            row = dict(run=run.name, gaussians=n, offline_fps=round(reference, 2), **measure(head, wav, lookahead))
+        whisper = 'whisper' in head.audio_source
+        settings = [(None, 'int8')] + [(None, 'float32')] * whisper  # (a lookahead past the exact one changes nothing)
+        settings += [(la, 'int8') for la in lookaheads if la is not None and la < exact]
+        for lookahead, encoder in settings:
+            row = dict(run=run.name, gaussians=n, offline_fps=round(reference, 2), **measure(head, wav, lookahead, encoder))
             row['live_vs_offline'] = round(row['live_fps'] / reference, 3)
-            row['mouth_r_vs_exact'] = 1.0 if lookahead is None else round(mouth_drift(head, wav, lookahead), 3)
+            exact_setting = lookahead is None and (encoder == 'float32' or not whisper)
+            r, db = (1.0, None) if exact_setting else drift(head, wav, lookahead, encoder)
+            row['mouth_r_vs_exact'], row['psnr_vs_exact_db'] = round(r, 3), None if db is None else round(db, 1)
             rows.append(row)
-            print(f"{run.name} [{row['features']}] lookahead {row['lookahead_s']:.3f} s: {row['live_fps']:.1f} fps "
+            print(f"{run.name} [{row['features']}, {encoder}] lookahead {row['lookahead_s']:.3f} s: {row['live_fps']:.1f} fps "
                   f"({row['skipped']} skipped, {row['features_skipped']} without their own features; offline drawing {reference:.1f} fps, ratio {row['live_vs_offline']:.2f}), "
                   f"latency median {row['latency_median_ms']:.0f} ms, p95 {row['latency_p95_ms']:.0f} ms "
-                  f"(floor {row['latency_floor_ms']:.0f} ms); mouth r vs exact features {row['mouth_r_vs_exact']:.3f}", flush=True)
+                  f"(floor {row['latency_floor_ms']:.0f} ms); mouth r vs exact features {row['mouth_r_vs_exact']:.3f}, frames {row['psnr_vs_exact_db']} dB", flush=True)
     head_row = rows[0]
     summary = dict(live_fps_256=head_row['live_fps'], audio_to_frame_ms=dict(median=head_row['latency_median_ms'],
                    p95=head_row['latency_p95_ms']), features=head_row['features'], speech=str(speech or 'own audio'),
                    seconds=seconds, threads=torch.get_num_threads(), cpus=os.cpu_count(), targets=TARGETS, settings=rows)
     if a.write:
-        lines = ['| run | features | Gaussians | lookahead (s) | live fps | skipped | frames without own features | offline fps | latency median / p95 (ms) | floor (ms) | mouth r vs exact |',
-                 '|---|---|---|---|---|---|---|---|---|---|---|']
-        lines += [f"| {r['run']} | {r['features']} | {sum(r['gaussians'].values())} | {r['lookahead_s']:.3f} | {r['live_fps']:.1f} | "
+        lines = ['| run | features | encoder | Gaussians | lookahead (s) | live fps | skipped | frames without own features | offline fps | latency median / p95 (ms) | floor (ms) | mouth r vs exact | frames vs exact (dB) |',
+                 '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+        lines += [f"| {r['run']} | {r['features']} | {r['encoder'] if 'whisper' in r['features'] else '-'} | {sum(r['gaussians'].values())} | {r['lookahead_s']:.3f} | {r['live_fps']:.1f} | "
                   f"{r['skipped']} | {r['features_skipped']} | {r['offline_fps']:.1f} | {r['latency_median_ms']:.0f} / {r['latency_p95_ms']:.0f} | "
-                  f"{r['latency_floor_ms']:.0f} | {r['mouth_r_vs_exact']:.3f} |" for r in rows]
+                  f"{r['latency_floor_ms']:.0f} | {r['mouth_r_vs_exact']:.3f} | {r['psnr_vs_exact_db'] or '(the exact)'} |" for r in rows]
         cmd = 'python bench/live.py' + (' --quick' if a.quick else '') + ''.join(f' --run {r}' for r in (a.run or []))
         write_section('live' if a.run else 'live-quick', f'## Live streaming{"" if a.run else " (built heads)"}\n`{cmd}` ({time.strftime("%Y-%m-%d")}, {os.cpu_count()} cores, '
                       f'{seconds:.0f} s of speech per row, played in real time):\n\n' + '\n'.join(lines))

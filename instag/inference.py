@@ -68,14 +68,15 @@ class TrainedHead:
 
     def features(self, wav: np.ndarray,  # [S] float mono at 16 kHz
                  frames: int | None = None, progress: bool = False,
-                 first: int = 0) -> Tensor:  # [T - first, W, A]
+                 first: int = 0,
+                 compute_type: str = 'float32') -> Tensor:  # [T - first, W, A]; 'int8': the speech encoder quantized (live)
         "Per-frame audio features of `wav` (frames `first`..T-1), made as the training features were (log-mel windows, or the same speech encoder)."
         kind = audio_kind(self.audio_source)
         if kind == 'log-mel': return torch.from_numpy(log_mel_windows(wav, SAMPLE_RATE, self.fps, frames)[first:])
         if kind == 'whisper' and (self.ds.audio_encoder or {}).get('sha256'):
             from instag.prepare.speech_encoder import features_like
             frames = frames if frames is not None else math.ceil(len(wav) / SAMPLE_RATE * self.fps)
-            return torch.from_numpy(features_like(self.ds.audio_encoder, wav, frames, self.fps, progress, first))
+            return torch.from_numpy(features_like(self.ds.audio_encoder, wav, frames, self.fps, progress, first, compute_type))
         raise UserError(f'this run was trained on {self.audio_source}, which instag cannot compute from a wav: re-train on a '
                         'dataset with log-mel or speech encoder features (instag prepare writes both when the encoder is installed)')
 

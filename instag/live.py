@@ -42,8 +42,9 @@ def feature_context(head: TrainedHead) -> tuple[float, float]:
 # %% ../nbs/62_live.ipynb #f37e964f
 class FeatureStream:
     "Per-frame audio features of a signal that arrives in chunks, made as `TrainedHead.features` makes them from a file."
-    def __init__(self, head: TrainedHead, lookahead_s: float | None = None):  # None: the features' whole future
-        self.head, self.fps = head, head.fps
+    def __init__(self, head: TrainedHead, lookahead_s: float | None = None,  # None: the features' whole future
+                 encoder: str = 'float32'):  # the speech encoder's precision: 'int8' is ~2.4x faster (see below)
+        self.head, self.fps, self.encoder = head, head.fps, encoder
         if SAMPLE_RATE % self.fps: raise UserError(f'live needs a frame rate that divides {SAMPLE_RATE} Hz, not {self.fps}')
         self.past_s, future_s = feature_context(head)
         self.future_s = future_s if lookahead_s is None else min(future_s, max(0.0, lookahead_s))
@@ -98,7 +99,7 @@ class FeatureStream:
         lo = a0 * self.spf
         wav = self.wav[max(lo, self.start) - self.start:]
         if lo < self.start: wav = np.concatenate([np.zeros(self.start - lo, np.float32), wav])  # before the stream: silence
-        feats = self.head.features(wav, frames=end - a0, first=first - a0)
+        feats = self.head.features(wav, frames=end - a0, first=first - a0, compute_type=self.encoder)
         self.done, self._last = end, feats[-1]
         self._trim()
         return feats
@@ -123,6 +124,7 @@ class LiveConfig(Config):
     size: int = bounded(256, ge=16, le=2048)              # frame height in pixels (width keeps the aspect ratio)
     lookahead_s: float | None = None                      # future audio a frame's features may read (None: all they were trained with)
     max_behind: int = bounded(0, ge=0)                    # frames left waiting before the oldest are skipped (0: never skip)
+    encoder: str = 'int8'                                 # speech encoder precision: int8 (~2.4x faster, renders 69 dB from float32) or float32
     jpeg_quality: int = bounded(80, ge=10, le=100)        # frames sent to a browser
 
 # %% ../nbs/62_live.ipynb #fd1519fc
@@ -139,7 +141,8 @@ class LiveHead:
     "Streams a `TrainedHead`: `push` audio chunks, get the frames they complete; `flush` at the end."
     def __init__(self, head: TrainedHead, cfg: LiveConfig | None = None):
         self.head, self.cfg = head, cfg or LiveConfig()
-        self.features = FeatureStream(head, self.cfg.lookahead_s)
+        if self.cfg.encoder not in ('int8', 'float32'): raise UserError(f'encoder {self.cfg.encoder!r}: give int8 or float32')
+        self.features = FeatureStream(head, self.cfg.lookahead_s, self.cfg.encoder)
         self.size = head.ds.config.audio_window
         self.future_frames = self.size - self.size // 2 - 1    # frames k+1 .. k+3 of the motion window
         self.rows, self.offset = torch.zeros(0), 0             # the newest feature rows, and the frame of rows[0]

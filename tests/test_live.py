@@ -86,6 +86,37 @@ def test_frames_equal_the_offline_render_and_the_floor_is_the_lookahead(head):
     assert small.rgb.shape == (32, 32, 3)
 
 
+def test_a_whisper_head_streams_close_to_offline_and_its_int8_encoder_barely_moves_the_frames(tmp_path):
+    """Whisper features streamed match the offline ones within 2% (the encoder's log-mel is normalized per slice), and the
+    int8 encoder moves the features ~9% but the frames by less than 1/1000 of a grey level (> 50 dB)."""
+    from instag.adapt import adapt, adapt_config
+    from instag.inference import load_run
+    from instag.losses import psnr
+    from instag.prepare import speech_encoder as se
+    from instag.prepare.pipeline import add_encoder_features
+    from instag.synth.corpus import synthesize
+    why = se.encoder_status(se.DEFAULT_ENCODER)
+    if why and os.environ.get('INSTAG_REQUIRE_ENCODER'): pytest.fail(why)
+    if why: pytest.skip(why)
+    person = synthesize(identities=1, seconds=4, size=64, seed=11, out=tmp_path / 'corpus', progress=False, video=False)[0]
+    add_encoder_features(person, 'whisper-base')
+    head = load_run(adapt(person, adapt_config('cpu', prior='real', **{**QUICK, 'seconds': 3.0}), run_dir=tmp_path / 'run',
+                          verbose=False, evaluate=False).run_dir)
+    wav = load_audio(person / 'aud.wav', SAMPLE_RATE)[:3 * SAMPLE_RATE]
+    fs = FeatureStream(head)
+    rows = [fs.push(wav[i:i + 320]) for i in range(0, len(wav), 320)] + [fs.flush()]
+    streamed, offline = torch.cat([r for r in rows if len(r)]), head.features(wav, frames=fs.done)
+    assert (streamed - offline).abs().mean() < 0.02 * offline.abs().mean()
+    int8 = head.features(wav, frames=fs.done, compute_type='int8')
+    assert (int8 - offline).abs().mean() > 0.01 * offline.abs().mean()   # the int8 encoder is really used
+    chunks = lambda: (wav[i:i + 320] for i in range(0, len(wav), 320))
+    frames = lambda encoder: torch.from_numpy(np.stack([f.rgb for f in stream(head, chunks(), LiveConfig(size=64, encoder=encoder))]) / 255)
+    exact = torch.from_numpy(np.stack([head.frame_rgb(k, offline) for k in range(fs.done)]) / 255)
+    f32 = frames('float32')
+    assert psnr(f32, exact) > 60 and psnr(frames('int8'), f32) > 50
+    assert LiveHead(head).latency_floor_s == pytest.approx(1.0 + 3 / 25)
+
+
 def test_a_head_whose_features_cannot_be_computed_live_is_refused_in_one_line():
     for source in ('aud_hu.npy (hubert)', 'aud_eo.npy (wav2vec)', 'aud_whisper.npy (whisper)'):
         fake = SimpleNamespace(audio_source=source, ds=SimpleNamespace(audio_encoder=None), fps=25)

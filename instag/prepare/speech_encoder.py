@@ -110,15 +110,16 @@ def _registry_files(spec: EncoderSpec) -> dict[str, bytes]:
             'vocabulary.txt': (folder / 'vocabulary.txt').read_bytes()}
 
 @functools.lru_cache(maxsize=2)
-def load_whisper(source: str, threads: int = 2):
+def load_whisper(source: str, threads: int = 2,
+                 compute_type: str = 'float32'):  # 'int8': weights quantized at load, about 2.4x faster on the CPU
     "(CTranslate2 Whisper model, info) for a registry name or a CTranslate2 folder; info has name, sha256, dim."
     import ctranslate2
     if source in ENCODERS:
         spec = ENCODERS[source]
-        model = ctranslate2.models.Whisper(spec.name, device='cpu', compute_type='float32', intra_threads=threads, files=_registry_files(spec))
+        model = ctranslate2.models.Whisper(spec.name, device='cpu', compute_type=compute_type, intra_threads=threads, files=_registry_files(spec))
         return model, dict(name=spec.name, sha256=spec.sha256, dim=spec.dim)
     path = Path(source)
-    model = ctranslate2.models.Whisper(str(path), device='cpu', compute_type='float32', intra_threads=threads)
+    model = ctranslate2.models.Whisper(str(path), device='cpu', compute_type=compute_type, intra_threads=threads)
     dim = int(json.loads((path / 'config.json').read_text()).get('d_model', 0)) or None
     return model, dict(name=path.name, sha256=_file_sha256(path / 'model.bin'), dim=dim)
 
@@ -201,10 +202,10 @@ def resolve_encoder(choice: str | Path | None) -> str | None:
 
 def encoder_features(wav: np.ndarray, source: str | Path, frames: int, fps: float = FPS,
                      context_s: float = WHISPER_CONTEXT_S, progress: bool = False,
-                     first: int = 0) -> tuple[np.ndarray, dict]:  # -> [T - first, 2, D], info
+                     first: int = 0, compute_type: str = 'float32') -> tuple[np.ndarray, dict]:  # -> [T - first, 2, D], info
     "Features of the encoder `source` (registry name or folder) for frames `first`..T-1, and what they are: kind, name, sha256, dim (+ context_s)."
     if str(source) in ENCODERS or check_encoder(source) == 'whisper':
-        model, info = load_whisper(str(source))
+        model, info = load_whisper(str(source), compute_type=compute_type)
         feats = whisper_features(wav, model, frames, fps, context_s, progress=progress, first=first)
         where = {} if str(source) in ENCODERS else dict(path=str(Path(source).resolve()))
         return feats, dict(kind='whisper', **{**info, 'dim': int(feats.shape[-1])}, context_s=context_s, **where)
@@ -213,7 +214,7 @@ def encoder_features(wav: np.ndarray, source: str | Path, frames: int, fps: floa
 
 def features_like(entry: dict,          # a dataset's `audio_features` entry: name, sha256, context_s (and path for a folder)
                   wav: np.ndarray, frames: int, fps: float = FPS, progress: bool = False,
-                  first: int = 0) -> np.ndarray:  # [T - first, 2, D]
+                  first: int = 0, compute_type: str = 'float32') -> np.ndarray:  # [T - first, 2, D]
     "Features of new audio made exactly as `entry`'s were (same encoder weights, same window); refused when that encoder is not here."
     name = next((n for n, s in ENCODERS.items() if s.sha256 == entry.get('sha256')), None)
     source = name or entry.get('path')
@@ -221,7 +222,7 @@ def features_like(entry: dict,          # a dataset's `audio_features` entry: na
         raise UserError(f'the features were made by the speech encoder {entry.get("name")} ({str(entry.get("sha256"))[:16]}), '
                         'which is not here: install it (or give its folder again to instag prepare) to render new audio')
     if name and encoder_status(name): raise UserError(encoder_status(name))
-    feats, info = encoder_features(wav, source, frames, fps, entry.get('context_s', WHISPER_CONTEXT_S), progress, first)
+    feats, info = encoder_features(wav, source, frames, fps, entry.get('context_s', WHISPER_CONTEXT_S), progress, first, compute_type)
     if info['sha256'] != entry.get('sha256'):
         raise UserError(f'{source} holds other weights ({info["sha256"][:16]}) than the ones the features were made with '
                         f'({str(entry.get("sha256"))[:16]}): give the same encoder')
