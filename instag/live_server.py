@@ -4,7 +4,7 @@
 
 # %% ../nbs/62a_live_server.ipynb #e73862f1
 from __future__ import annotations
-import argparse, asyncio, bisect, json, logging, queue, struct, sys, threading, time
+import argparse, asyncio, bisect, json, logging, queue, struct, threading, time
 from importlib.resources import files
 from io import BytesIO
 from pathlib import Path
@@ -274,7 +274,7 @@ class LiveServer:
 # %% ../nbs/62a_live_server.ipynb #b7e2c411
 LIVE_TRACK = 'live'
 
-def live_scene(head, latest) -> 'instag.view.viewer.Scene':  # latest() -> (k, branch -> Gaussians) or None
+def live_scene(head, latest):  # latest() -> (k, branch -> Gaussians) or None; returns an instag.view.viewer.Scene
     "The viewer's scene of `head` whose first track shows the newest streamed frame (`latest`); the others as `instag view`."
     from instag.view.scenes import head_scene
     from instag.view.viewer import Track

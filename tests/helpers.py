@@ -63,3 +63,15 @@ def tiny_world(root, tone_seconds: dict):
     for name, seconds in tone_seconds.items():
         write_wav(root / f'{name}.wav', 0.1 * np.sin(np.arange(int(16000 * seconds)) / 16000 * 2 * np.pi * 200), sample_rate=16000)
     return ds, run
+
+
+def chromium(needed_for: str) -> str:
+    """Debian's Chromium for a browser test: skips without it, unless INSTAG_REQUIRE_CHROMIUM=1 (CI), where it fails."""
+    import os, shutil
+    import pytest
+    exe = shutil.which('chromium') or shutil.which('chromium-browser')
+    if exe is None:
+        if os.environ.get('INSTAG_REQUIRE_CHROMIUM') == '1':
+            pytest.fail('INSTAG_REQUIRE_CHROMIUM=1 but chromium is not installed: apt-get install -y chromium')
+        pytest.skip(f'chromium is not installed (apt-get install -y chromium); {needed_for} needs it')
+    return exe

@@ -3,11 +3,12 @@ results page is there, and headless Chromium shows the home page and the method 
 
 Chromium (Debian's `chromium`) is needed for the browser checks: they skip without it, unless INSTAG_REQUIRE_CHROMIUM=1
 (CI), where its absence fails. INSTAG_WRITE_SCREENSHOT=1 also writes nbs/images/docs_home.png."""
-import functools, http.server, os, re, shutil, subprocess, sys, threading, time
+import functools, http.server, os, re, subprocess, sys, threading, time
 from pathlib import Path
 
 import pytest
 
+from helpers import chromium
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools'))
 from docs_pages import CHAPTERS, chapter, modules  # noqa: E402
@@ -97,12 +98,7 @@ def test_offline(site):
 # the browser checks: Chromium reads the site through a local HTTP server, as a person would
 
 def _chromium() -> str:
-    exe = shutil.which('chromium') or shutil.which('chromium-browser')
-    if exe is None:
-        if os.environ.get('INSTAG_REQUIRE_CHROMIUM') == '1':
-            pytest.fail('INSTAG_REQUIRE_CHROMIUM=1 but chromium is not installed: apt-get install -y chromium')
-        pytest.skip('chromium is not installed (apt-get install -y chromium); the browser checks of the docs site need it')
-    return exe
+    return chromium('the browser checks of the docs site')
 
 @pytest.fixture(scope='module')
 def served(site):

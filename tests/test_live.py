@@ -4,7 +4,7 @@ with a fake microphone gets frames whose mouth follows the speech.
 The browser test needs Chromium (Debian's `chromium`) and the speech clips of ../shared: it skips without them, unless
 INSTAG_REQUIRE_CHROMIUM=1 (CI), where a missing Chromium fails. INSTAG_WRITE_SCREENSHOT=1 also writes
 nbs/images/live_page.png."""
-import json, os, shutil, time, urllib.error, urllib.request
+import json, os, time, urllib.error, urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +18,7 @@ from instag.layout import SAMPLE_RATE
 from instag.live import FeatureStream, LiveConfig, LiveHead, feature_context, stream
 from instag.live_server import LiveServer, play
 
+from helpers import chromium
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = dict(seconds=4.0, face_iterations=8, mouth_iterations=6, fuse_iterations=3, static_iterations=1,
              warmup_iterations=3, synthesizer__face__init_points=300, synthesizer__mouth__init_points=150, eval_frames=2,
@@ -197,12 +198,7 @@ def test_cli_refuses_bad_options_in_one_line(head, capsys):
 # ---- a real browser with a fake microphone ------------------------------------------------------------------------
 
 def _chromium() -> str:
-    exe = shutil.which('chromium') or shutil.which('chromium-browser')
-    if exe is None:
-        if os.environ.get('INSTAG_REQUIRE_CHROMIUM') == '1':
-            pytest.fail('INSTAG_REQUIRE_CHROMIUM=1 but chromium is not installed: apt-get install -y chromium')
-        pytest.skip('chromium is not installed (apt-get install -y chromium); the live page test needs it')
-    return exe
+    return chromium('the live page test')
 
 
 def _envelope(wav: np.ndarray, times: np.ndarray, width_s: float = 0.04) -> np.ndarray:
