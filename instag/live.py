@@ -33,9 +33,9 @@ def feature_context(head: TrainedHead) -> tuple[float, float]:
     if kind == 'log-mel':  # mel frames c-8 .. c+7 around the frame's centre c, each 25 ms wide
         return (WINDOW // 2) * HOP_S + WIN_S / 2, (WINDOW - WINDOW // 2 - 1) * HOP_S + WIN_S / 2
     if kind == 'whisper' and (head.ds.audio_encoder or {}).get('sha256'):
-        from instag.prepare.speech_encoder import WHISPER_CONTEXT_S
-        half = head.ds.audio_encoder.get('context_s', WHISPER_CONTEXT_S) / 2
-        return half, half
+        from instag.prepare.speech_encoder import WHISPER_CONTEXT_S, WHISPER_HOP, WHISPER_N_FFT
+        half, hop, reach = head.ds.audio_encoder.get('context_s', WHISPER_CONTEXT_S) / 2, WHISPER_HOP / SAMPLE_RATE, WHISPER_N_FFT / 2 / SAMPLE_RATE
+        return half + reach, half - hop + reach  # mel frames c-100 .. c+99 around the frame's centre c, each 25 ms wide
     raise UserError(f'this head was trained on {head.audio_source}, which cannot be computed as audio arrives: stream a '
                     'head trained on log-mel or speech encoder (Whisper) features (instag prepare writes both)')
 
@@ -43,7 +43,7 @@ def feature_context(head: TrainedHead) -> tuple[float, float]:
 class FeatureStream:
     "Per-frame audio features of a signal that arrives in chunks, made as `TrainedHead.features` makes them from a file."
     def __init__(self, head: TrainedHead, lookahead_s: float | None = None,  # None: the features' whole future
-                 encoder: str = 'float32'):  # the speech encoder's precision: 'int8' is ~2.4x faster (see below)
+                 encoder: str = 'float32'):  # the speech encoder's precision: 'int8' is 2-2.4x faster (see below)
         self.head, self.fps, self.encoder = head, head.fps, encoder
         if SAMPLE_RATE % self.fps: raise UserError(f'live needs a frame rate that divides {SAMPLE_RATE} Hz, not {self.fps}')
         self.past_s, future_s = feature_context(head)
@@ -124,7 +124,7 @@ class LiveConfig(Config):
     size: int = bounded(256, ge=16, le=2048)              # frame height in pixels (width keeps the aspect ratio)
     lookahead_s: float | None = None                      # future audio a frame's features may read (None: all they were trained with)
     max_behind: int = bounded(0, ge=0)                    # frames left waiting before the oldest are skipped (0: never skip)
-    encoder: str = 'int8'                                 # speech encoder precision: int8 (~2.4x faster, renders 69 dB from float32) or float32
+    encoder: str = 'int8'                                 # speech encoder precision: int8 (2-2.4x faster, frames 61-75 dB from float32's) or float32
     jpeg_quality: int = bounded(80, ge=10, le=100)        # frames sent to a browser
 
 # %% ../nbs/62_live.ipynb #fd1519fc
@@ -176,7 +176,7 @@ class LiveHead:
     def draw(self, final: bool = False) -> list[LiveFrame]:
         "Draw every frame whose motion window is complete (`final`: all frames, the audio has ended)."
         last = self.offset + len(self.rows) - 1 - (0 if final else self.future_frames)
-        if self.cfg.max_behind and last - self.next >= self.cfg.max_behind:
+        if self.cfg.max_behind and not final and last - self.next >= self.cfg.max_behind:  # (the end is drawn whole)
             skip = last - self.next - self.cfg.max_behind + 1
             self.next, self.skipped = self.next + skip, self.skipped + skip
         frames = []

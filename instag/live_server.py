@@ -16,14 +16,13 @@ from .layout import SAMPLE_RATE
 from .live import LiveConfig, LiveFrame, LiveHead
 
 # %% auto #0
-__all__ = ['STOP', 'END', 'FRAME_HEADER', 'PAGE', 'MAX_SAMPLE_RATE', 'LIVE_TRACK', 'encode_frame', 'decode_frame', 'check_start',
-           'pcm_samples', 'Session', 'LiveServer', 'live_scene', 'play', 'main_live']
+__all__ = ['STOP', 'END', 'FRAME_HEADER', 'PAGE', 'LIVE_TRACK', 'encode_frame', 'decode_frame', 'check_start', 'pcm_samples',
+           'Session', 'LiveServer', 'live_scene', 'play', 'main_live']
 
 # %% ../nbs/62a_live_server.ipynb #38d199c2
 STOP, END = object(), object()        # a session's sentinels: stop at once; the audio ended, draw what it covers
 FRAME_HEADER = struct.Struct('<Iff')   # frame index, its time in the stream (s), mouth opening x 1000 (`LiveFrame.mouth`)
 PAGE = files('instag') / 'live_page.html'     # package data, beside the modules
-MAX_SAMPLE_RATE = 192_000
 
 def encode_frame(frame: LiveFrame, quality: int = 80) -> bytes:
     "The binary message of one frame: `FRAME_HEADER` then the JPEG."
@@ -33,7 +32,7 @@ def encode_frame(frame: LiveFrame, quality: int = 80) -> bytes:
     return FRAME_HEADER.pack(frame.index, frame.time_s, 1000 * frame.mouth) + buf.getvalue()
 
 def decode_frame(message: bytes) -> tuple[int, float, float, bytes]:
-    "(index, time_s, mouth_mm, jpeg) of a frame message."
+    "(index, time_s, mouth opening x 1000, jpeg) of a frame message."
     index, time_s, mouth = FRAME_HEADER.unpack_from(message)
     return index, time_s, mouth, message[FRAME_HEADER.size:]
 
@@ -46,7 +45,7 @@ def check_start(message: str) -> int:
     rate = start.get('sample_rate')
     if rate != SAMPLE_RATE:
         raise UserError(f'the page sends audio at {rate} Hz; instag live takes {SAMPLE_RATE} Hz mono PCM: this browser '
-                        'ignored the 16 kHz the page asked its AudioContext for; try Chromium or Firefox')
+                        'ignored the 16 kHz the page asked its AudioContext for; open the page in Chromium or Chrome')
     return rate
 
 def pcm_samples(message: bytes) -> np.ndarray:  # -> [S] float32 in [-1, 1]
@@ -62,7 +61,7 @@ class Session:
         self.audio: queue.Queue = queue.Queue()
         self.rows: queue.Queue = queue.Queue()
         self.arrivals: list[tuple[int, float]] = []   # (samples received so far, time.monotonic()) per chunk
-        self.records: list[dict] = []                 # per frame sent: index, time_s, mouth_mm, latency_ms
+        self.records: list[dict] = []                 # per frame sent: index, time_s, mouth_x1000, latency_ms
         self.error: BaseException | None = None
         self.started = time.monotonic()
         self._received = 0
@@ -122,8 +121,8 @@ class Session:
     def _emit(self, frame: LiveFrame) -> None:
         message = encode_frame(frame, self.quality)
         self.send(message)
-        sample = int(frame.time_s * SAMPLE_RATE)
-        self.records.append(dict(index=frame.index, time_s=frame.time_s, mouth_mm=1000 * frame.mouth,
+        sample = frame.index * self.live.features.spf             # the first sample of the frame's time
+        self.records.append(dict(index=frame.index, time_s=frame.time_s, mouth_x1000=1000 * frame.mouth,
                                  latency_ms=1000 * (time.monotonic() - self.arrival(sample))))
         if self.on_frame is not None: self.on_frame()
 
@@ -158,6 +157,8 @@ class LiveServer:
 
     def _hello(self) -> dict:
         live = LiveHead(self.head, self.cfg)
+        live.features.append(np.zeros(SAMPLE_RATE // 5, np.float32))
+        live.features.flush()  # loads the speech encoder now (or says it is missing), not on a page's first frame
         camera, _ = live.view(0)
         return dict(type='ready', fps=self.head.fps, width=camera.width, height=camera.height, sample_rate=SAMPLE_RATE,
                     features=self.head.audio_source, encoder=self.cfg.encoder, lookahead_s=round(live.features.future_s, 4),
@@ -185,6 +186,8 @@ class LiveServer:
         session, flush = None, False
         try:
             check_start(await asyncio.wait_for(ws.recv(), 60))
+            if self.current is not None:  # (another page started while this one was opening)
+                return await error('another page is streaming this head: close it, then reload this one')
             redraw = self.viewer.request_redraw if self.viewer is not None else None
             session = self.current = Session(LiveHead(self.head, self.cfg), send, self.cfg.jpeg_quality, redraw)
             await ws.send(json.dumps(self.hello))
@@ -216,9 +219,10 @@ class LiveServer:
             notice(f'live session {len(self.sessions)}: {summary["audio_s"]:.1f} s of audio, {summary["frames"]} frames '
                    f'({summary["fps"]:.1f} fps, {summary["skipped"]} skipped), latency median {summary["latency_median_ms"]:.0f} '
                    f'ms, p95 {summary["latency_p95_ms"]:.0f} ms (floor {summary["latency_floor_ms"]:.0f} ms)')
-        if flush:
-            try: await ws.send(json.dumps(dict(type='end', **summary)))
-            except ConnectionClosed: pass
+        try:
+            if session.error is not None: await ws.send(json.dumps(dict(type='error', message=f'the session failed: {session.error}')))
+            elif flush: await ws.send(json.dumps(dict(type='end', **summary)))
+        except ConnectionClosed: pass
 
     async def _main(self) -> None:
         from websockets.asyncio.server import serve
@@ -229,6 +233,10 @@ class LiveServer:
         except OSError as e:
             self._failed = UserError(f'instag live cannot listen on {self.host}:{self.port} ({e.strerror}): pass '
                                      '--port N, or --port 0 for any free port')
+            self._ready.set()
+            return
+        except Exception as e:
+            self._failed = UserError(f'instag live could not start its server: {type(e).__name__}: {e}')
             self._ready.set()
             return
         self._loop, self._server = asyncio.get_running_loop(), server
@@ -319,12 +327,12 @@ def play(url: str,                  # a live server's page, e.g. http://127.0.0.
             sent.append((end, time.monotonic()))
         ws.send(json.dumps(dict(type='stop')))
         rx.join(timeout)
-    frames = []
+    frames, fps = [], result['ready']['fps']
     for when, message in arrived:
         index, time_s, mouth, jpeg = decode_frame(message)
-        k = bisect.bisect_right(sent, (int(time_s * SAMPLE_RATE), float('inf')))
+        k = bisect.bisect_right(sent, (index * SAMPLE_RATE // fps, float('inf')))  # the chunk holding the frame's time
         spoken = sent[min(k, len(sent) - 1)][1]
-        frames.append(dict(index=index, time_s=time_s, mouth_mm=mouth, latency_ms=1000 * (when - spoken), jpeg=jpeg))
+        frames.append(dict(index=index, time_s=time_s, mouth_x1000=mouth, latency_ms=1000 * (when - spoken), jpeg=jpeg))
     return dict(result, frames=frames)
 
 # %% ../nbs/62a_live_server.ipynb #800f0014
