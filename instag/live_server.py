@@ -179,14 +179,12 @@ class LiveServer:
     async def _handle(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
         error = lambda text: ws.send(json.dumps(dict(type='error', message=text)))
-        if self.current is not None:
-            return await error('another page is streaming this head: close it, then reload this one')
         loop = asyncio.get_running_loop()
         send = lambda message: asyncio.run_coroutine_threadsafe(ws.send(message), loop)
         session, flush = None, False
         try:
             check_start(await asyncio.wait_for(ws.recv(), 60))
-            if self.current is not None:  # (another page started while this one was opening)
+            if self.current is not None:  # one session at a time; checked once the page said how it sends
                 return await error('another page is streaming this head: close it, then reload this one')
             redraw = self.viewer.request_redraw if self.viewer is not None else None
             session = self.current = Session(LiveHead(self.head, self.cfg), send, self.cfg.jpeg_quality, redraw)
