@@ -7,7 +7,7 @@ Each setting serves a head on 127.0.0.1 and streams speech to it through the sam
 (`instag.live_server.play`: 20 ms chunks of 16-bit PCM, each sent when its last sample would have been spoken). It
 reports the sustained frame rate (frames received per second of audio; frames the server skipped to keep up are not
 counted), the audio-to-frame latency at the client (median and p95: from sending the chunk that holds a frame's audio
-to receiving the frame) and the floor the features set. The reference, measured in the same process on the same
+to receiving the frame, over the frames drawn while audio was arriving; the last ones wait for the end of the stream) and the floor the features set. The reference, measured in the same process on the same
 head: drawing the same frames offline (`TrainedHead.render` at 256 px with features precomputed), as frames per second.
 
 Without --run it builds two heads on one synthetic person at 256 px, adapted for a few steps with realistic Gaussian
@@ -84,7 +84,8 @@ def measure(head, wav: np.ndarray, lookahead: float | None, encoder: str) -> dic
     try: got = play(server.url, wav)
     finally: server.stop()
     frames = got['frames']
-    lat = np.array([f['latency_ms'] for f in frames]) if frames else np.array([np.nan])
+    steady = [f['latency_ms'] for f in frames if not f['tail']]  # (the frames drawn at the stop waited for it, not for audio)
+    lat = np.array(steady) if steady else np.array([np.nan])
     seconds = len(wav) / SAMPLE_RATE
     return dict(features=head.audio_source, encoder=encoder, lookahead_s=got['ready']['lookahead_s'], frames=len(frames),
                 skipped=got['end']['skipped'] if got['end'] else None,

@@ -301,7 +301,7 @@ def play(url: str,                  # a live server's page, e.g. http://127.0.0.
          wav: np.ndarray,           # [S] float mono at 16 kHz
          realtime: bool = True,     # send each chunk when its last sample would have been spoken
          chunk_s: float = 0.02, timeout: float = 60) -> dict:
-    "Stream `wav` to a live server as its page does; `ready`, `end` (the server's numbers) and `frames` (one dict each)."
+    "Stream `wav` to a live server as its page does; `ready`, `end` (the server's numbers) and `frames` (one dict each, `tail`: after the audio ended)."
     from websockets.sync.client import connect
     arrived, sent, result = [], [], dict(ready=None, end=None, error=None)
     with connect(url.replace('http://', 'ws://').rstrip('/') + '/stream', max_size=2**24, open_timeout=timeout) as ws:
@@ -323,6 +323,7 @@ def play(url: str,                  # a live server's page, e.g. http://127.0.0.
             if realtime: time.sleep(max(0.0, t0 + end / SAMPLE_RATE - time.monotonic()))
             ws.send(pcm[i:end].tobytes())
             sent.append((end, time.monotonic()))
+        stopped = time.monotonic()
         ws.send(json.dumps(dict(type='stop')))
         rx.join(timeout)
     frames, fps = [], result['ready']['fps']
@@ -330,7 +331,8 @@ def play(url: str,                  # a live server's page, e.g. http://127.0.0.
         index, time_s, mouth, jpeg = decode_frame(message)
         k = bisect.bisect_right(sent, (index * SAMPLE_RATE // fps, float('inf')))  # the chunk holding the frame's time
         spoken = sent[min(k, len(sent) - 1)][1]
-        frames.append(dict(index=index, time_s=time_s, mouth_x1000=mouth, latency_ms=1000 * (when - spoken), jpeg=jpeg))
+        frames.append(dict(index=index, time_s=time_s, mouth_x1000=mouth, latency_ms=1000 * (when - spoken), jpeg=jpeg,
+                           tail=when > stopped))  # drawn after the audio ended: its future came as silence at the stop
     return dict(result, frames=frames)
 
 # %% ../nbs/62a_live_server.ipynb #800f0014
