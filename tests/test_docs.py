@@ -97,8 +97,6 @@ def test_offline(site):
 
 # the browser checks: Chromium reads the site through a local HTTP server, as a person would
 
-def _chromium() -> str:
-    return chromium('the browser checks of the docs site')
 
 @pytest.fixture(scope='module')
 def served(site):
@@ -117,7 +115,7 @@ def _dom(exe: str, url: str, tmp_path: Path) -> str:
 
 def test_site_in_chromium(served, tmp_path):
     "Chromium renders the home page (title, navigation, README text) and the method chapter (its headings, a table)."
-    exe = _chromium()
+    exe = chromium('the browser checks of the docs site')
     home = _dom(exe, f'{served}/index.html', tmp_path)
     assert re.search(r'<title>[^<]*instag[^<]*</title>', home), home[:500]
     assert 'Gaussian' in home and 'md-nav' in home

@@ -221,8 +221,6 @@ def test_cli_refuses_bad_options_in_one_line(head, capsys):
 
 # ---- a real browser with a fake microphone ------------------------------------------------------------------------
 
-def _chromium() -> str:
-    return chromium('the live page test')
 
 
 def _envelope(wav: np.ndarray, times: np.ndarray, width_s: float = 0.04) -> np.ndarray:
@@ -233,7 +231,7 @@ def _envelope(wav: np.ndarray, times: np.ndarray, width_s: float = 0.04) -> np.n
 
 
 def test_chromium_with_a_fake_microphone_gets_frames_whose_mouth_follows_the_speech(head, shared_data, tmp_path):
-    _chromium()
+    chromium('the live page test')
     from instag.view.screenshot import chromium_screenshot
     wav = load_audio(shared_data / 'musetalk_eng.wav', SAMPLE_RATE)[:8 * SAMPLE_RATE]
     mic = write_wav(tmp_path / 'speech.wav', wav, sample_rate=SAMPLE_RATE)
